@@ -1,0 +1,39 @@
+"""`orpheus-tts <command> ...`: each command lives in its own module, imported only when used
+(so `orpheus-tts say` does not import torch)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("orpheus_tts.server", "Run the HTTP/WebSocket server"),
+    "say": ("orpheus_tts.client", "Synthesize text through a running server into a WAV file"),
+    "warmup": ("orpheus_tts.client", "Send one short request and wait for its audio"),
+    "bench": ("orpheus_tts.bench", "Concurrent streams against a server: first audio, real-time factor"),
+    "make-tiny-model": ("orpheus_tts.tiny_model", "Write a tiny random-weight model in Orpheus layout"),
+    "download": ("orpheus_tts.hub", "Download a model from the Hugging Face hub (HF_TOKEN)"),
+    "build-engine": ("orpheus_tts.build_engine", "Build the serving engine into a directory, with manifest"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: orpheus-tts <command> [options]", "", "commands:"]
+    lines += [f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    # Each module exposes `main(argv)`; client.py serves two commands.
+    entry = getattr(module, f"{name.replace('-', '_')}_main", None) or module.main
+    return int(entry(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The runtime's configuration: one typed dataclass, and the one place environment variables are read.
+
+Names follow the seed deployment (`TRTLLM_*`, `KV_FREE_GPU_FRAC`, `SNAC_*`, `HF_TOKEN`) so that its
+users' settings keep working; everything else is prefixed `ORPHEUS_`. CLI flags override the environment
+(see `add_cli_flags` / `apply_cli_flags`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_MODEL = "canopylabs/orpheus-3b-0.1-ft"
+DEFAULT_SNAC_MODEL = "hubertsiuzdak/snac_24khz"
+
+
+@dataclass
+class RuntimeConfig:
+    # What to serve. `engine_dir` (a built engine with manifest.json, see build_engine.py) wins over
+    # `model` (a hub repo id or a local HF-format directory, loaded directly by the torch backend).
+    model: str = DEFAULT_MODEL
+    model_revision: str | None = None
+    engine_dir: str | None = None
+    snac_model: str = DEFAULT_SNAC_MODEL
+    hf_token: str | None = field(default=None, repr=False)  # never printed
+    hf_offline: bool = False
+
+    # Engine.
+    backend: str = "torch"  # "torch" | "trtllm"
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU) | "bfloat16" | "float16" | "float32"
+    max_input_len: int = 48  # prompt tokens per sentence chunk, special tokens included
+    max_output_len: int = 1024  # generated tokens per chunk
+    max_batch_size: int = 20  # sequences decoded together (engine slots)
+    kv_free_gpu_frac: float = 0.92
+    cuda_graphs: bool = True
+
+    # Audio.
+    snac_max_batch: int = 64
+    snac_batch_timeout_ms: float = 5.0
+    snac_device: str = "auto"
+
+    # Default sampling (a request may override each).
+    temperature: float = 0.6
+    top_p: float = 0.8
+    repetition_penalty: float = 1.3
+
+    # Server.
+    host: str = "0.0.0.0"
+    port: int = 8000
+    max_streams: int = 0  # admission limit; 0 means max_batch_size
+    max_message_bytes: int = 64 * 1024  # larger WebSocket messages are closed with 1009
+    max_text_chars: int = 8000
+    api_key: str | None = field(default=None, repr=False)  # never printed
+    drain_grace_s: float = 30.0
+    log_level: str = "INFO"
+
+    @property
+    def stream_limit(self) -> int:
+        return self.max_streams or self.max_batch_size
+
+
+# env var -> field. The seed's names first.
+ENV_VARS: dict[str, str] = {
+    "TRTLLM_ENGINE_DIR": "engine_dir",
+    "TRTLLM_MAX_INPUT_LEN": "max_input_len",
+    "TRTLLM_MAX_OUTPUT_LEN": "max_output_len",
+    "TRTLLM_MAX_BATCH_SIZE": "max_batch_size",
+    "KV_FREE_GPU_FRAC": "kv_free_gpu_frac",
+    "SNAC_MAX_BATCH": "snac_max_batch",
+    "SNAC_BATCH_TIMEOUT_MS": "snac_batch_timeout_ms",
+    "HF_TOKEN": "hf_token",
+    "HF_HUB_OFFLINE": "hf_offline",
+    "ORPHEUS_MODEL": "model",
+    "ORPHEUS_MODEL_REVISION": "model_revision",
+    "ORPHEUS_SNAC_MODEL": "snac_model",
+    "ORPHEUS_BACKEND": "backend",
+    "ORPHEUS_DEVICE": "device",
+    "ORPHEUS_DTYPE": "dtype",
+    "ORPHEUS_CUDA_GRAPHS": "cuda_graphs",
+    "ORPHEUS_SNAC_DEVICE": "snac_device",
+    "ORPHEUS_TEMPERATURE": "temperature",
+    "ORPHEUS_TOP_P": "top_p",
+    "ORPHEUS_REPETITION_PENALTY": "repetition_penalty",
+    "HOST": "host",
+    "PORT": "port",
+    "ORPHEUS_MAX_STREAMS": "max_streams",
+    "ORPHEUS_MAX_MESSAGE_BYTES": "max_message_bytes",
+    "ORPHEUS_MAX_TEXT_CHARS": "max_text_chars",
+    "ORPHEUS_API_KEY": "api_key",
+    "ORPHEUS_DRAIN_GRACE_S": "drain_grace_s",
+    "ORPHEUS_LOG_LEVEL": "log_level",
+}
+
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(RuntimeConfig)}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _parse(name: str, raw: str) -> Any:
+    kind = _FIELD_TYPES[name]
+    try:
+        if kind == "bool":
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: cannot parse {raw!r} as {kind}") from None
+    return raw or None if "None" in kind else raw
+
+
+def validate(cfg: RuntimeConfig) -> RuntimeConfig:
+    if cfg.backend not in ("torch", "trtllm"):
+        raise ConfigError(f"backend must be 'torch' or 'trtllm', not {cfg.backend!r}")
+    for name in ("max_input_len", "max_output_len", "max_batch_size", "snac_max_batch", "port"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)}")
+    if not 0.0 < cfg.kv_free_gpu_frac <= 1.0:
+        raise ConfigError(f"kv_free_gpu_frac must be in (0, 1], got {cfg.kv_free_gpu_frac}")
+    if cfg.snac_batch_timeout_ms < 0:
+        raise ConfigError("snac_batch_timeout_ms must be >= 0")
+    return cfg
+
+
+def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> RuntimeConfig:
+    """Defaults, then the environment, then explicit overrides (CLI flags)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for var, name in ENV_VARS.items():
+        if var in environ:
+            values[name] = _parse(name, environ[var])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return validate(RuntimeConfig(**values))
+
+
+def add_cli_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:
+    """Adds `--field-name` flags for the given fields (all when None); unset flags leave env values."""
+    for f in dataclasses.fields(RuntimeConfig):
+        if names is not None and f.name not in names:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction)
+        else:
+            conv = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, dest=f.name, default=None, type=conv)
+
+
+def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
+    names = set(_FIELD_TYPES)
+    return from_env(environ, **{k: v for k, v in vars(args).items() if k in names})
