@@ -38,6 +38,7 @@ class RuntimeConfig:
     max_batch_size: int = 20  # sequences decoded together (engine slots)
     kv_free_gpu_frac: float = 0.92
     cuda_graphs: bool = True
+    decode_attention: str = "auto"  # torch engine: "auto" (triton on CUDA, sdpa on CPU) | "sdpa" | "triton"
 
     # Audio.
     snac_max_batch: int = 64
@@ -82,6 +83,7 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_DEVICE": "device",
     "ORPHEUS_DTYPE": "dtype",
     "ORPHEUS_CUDA_GRAPHS": "cuda_graphs",
+    "ORPHEUS_DECODE_ATTENTION": "decode_attention",
     "ORPHEUS_SNAC_DEVICE": "snac_device",
     "ORPHEUS_TEMPERATURE": "temperature",
     "ORPHEUS_TOP_P": "top_p",

@@ -1,0 +1,54 @@
+"""The build-relevant part of a spec, and its hash: a new hash means a new engine (new Job, new directory).
+
+Everything else in the spec is runtime-only and is patched into the Deployment without a rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from orpheus_operator.config import OperatorConfig
+
+HASH_LENGTH = 10
+
+
+def runtime_image(spec: dict[str, Any], cfg: OperatorConfig) -> str:
+    return spec["runtime"].get("image") or cfg.runtime_image
+
+
+def build_image(spec: dict[str, Any], cfg: OperatorConfig) -> str:
+    return spec["build"].get("image") or cfg.build_image or runtime_image(spec, cfg)
+
+
+def image_follows_engine(spec: dict[str, Any], cfg: OperatorConfig) -> bool:
+    """True when the runtime image also builds the engine: an engine is tied to the TensorRT-LLM version
+    of the image that built it, so the serving image then changes only together with the engine."""
+    return not (spec["build"].get("image") or cfg.build_image)
+
+
+def build_spec(spec: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
+    """What the engine-build Job needs to know: exactly the fields whose change requires a rebuild."""
+    engine = spec["engine"]
+    return {
+        "repo": spec["model"]["repo"],
+        "revision": spec["model"]["revision"],
+        "backend": engine["backend"],
+        "weightQuantization": engine["weightQuantization"],
+        "kvCacheDtype": engine["kvCacheDtype"],
+        "maxBatchSize": engine["maxBatchSize"],
+        "maxInputLen": engine["maxInputLen"],
+        "maxOutputLen": engine["maxOutputLen"],
+        "calibrationDir": spec["build"].get("calibrationDir"),
+        "image": build_image(spec, cfg),
+    }
+
+
+def engine_hash(build: dict[str, Any]) -> str:
+    canonical = json.dumps(build, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def dumps(build: dict[str, Any]) -> str:
+    return json.dumps(build, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,156 @@
+"""The OrpheusTTS status (phase, conditions, counts) from what the cluster says. Pure functions.
+
+Phases: Pending (the build pod cannot start), Building, Deploying (engine built, rollout in progress),
+Ready (rolled out and available), Failed (the build failed, or a child was rejected).
+Conditions: EngineBuilt, Available, Progressing, Degraded (reason + message each).
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from orpheus_operator import buildstate
+from orpheus_operator.buildstate import BuildState
+
+CONDITION_TYPES = ("EngineBuilt", "Available", "Progressing", "Degraded")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    done: bool
+    available: bool
+    replicas: int
+    ready: int
+    message: str
+    problem: tuple[str, str] | None = None  # (reason, message) of a stuck rollout
+
+
+def _deployment_condition(dep: dict[str, Any], kind: str) -> dict[str, Any]:
+    for cond in (dep.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return cond
+    return {}
+
+
+def rollout(dep: dict[str, Any]) -> Rollout:
+    """Like `kubectl rollout status`: done when the controller has seen the latest spec and every
+    desired replica is updated and available, with no old pods left."""
+    st = dep.get("status") or {}
+    desired = dep["spec"].get("replicas", 1)
+    updated, total = st.get("updatedReplicas", 0), st.get("replicas", 0)
+    available, ready = st.get("availableReplicas", 0), st.get("readyReplicas", 0)
+    is_available = _deployment_condition(dep, "Available").get("status") == "True"
+    problem = None
+    progressing = _deployment_condition(dep, "Progressing")
+    failure = _deployment_condition(dep, "ReplicaFailure")
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        problem = ("ProgressDeadlineExceeded", progressing.get("message", "rollout stalled"))
+    elif failure.get("status") == "True":
+        problem = (failure.get("reason", "ReplicaFailure"), failure.get("message", ""))
+    if st.get("observedGeneration", 0) < dep["metadata"].get("generation", 1):
+        msg = "waiting for the deployment controller to see the new spec"
+    elif updated < desired:
+        msg = f"{updated} of {desired} pods updated"
+    elif total > updated:
+        msg = f"{total - updated} old pods terminating"
+    elif available < updated:
+        msg = f"{available} of {updated} updated pods available"
+    else:
+        return Rollout(True, is_available, total, ready, f"{ready} of {desired} pods ready", problem)
+    return Rollout(False, is_available, total, ready, msg, problem)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the status is computed from, as left by this reconciliation."""
+
+    generation: int
+    build: BuildState
+    endpoint: str
+    serving_hash: str | None = None  # engine the Deployment runs; None before the first build
+    deployment: dict[str, Any] | None = None
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (reason, message): children rejected
+
+
+def _cond(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message}
+
+
+def compute(obs: Observation) -> dict[str, Any]:
+    """The new status (conditions without times; see merge_conditions)."""
+    build = obs.build
+    roll = rollout(obs.deployment) if obs.deployment is not None else None
+    built = build.outcome == buildstate.SUCCEEDED
+    stuck = build.outcome == buildstate.RUNNING and build.reason not in ("Building", "")
+    problems: list[tuple[str, str]] = list(obs.errors)
+    if build.outcome == buildstate.FAILED:
+        retry = f"; next attempt at {build.retry_at:%Y-%m-%dT%H:%M:%SZ}" if build.retry_at else ""
+        problems.insert(0, (build.reason, build.message + retry))
+    if stuck:
+        problems.append((build.reason, build.message))
+    if roll and roll.problem:
+        problems.append(roll.problem)
+
+    if build.outcome == buildstate.FAILED or obs.errors:
+        phase, progress = "Failed", (False, *problems[0])
+    elif not built:
+        phase = "Pending" if stuck else "Building"
+        progress = (True, "BuildingEngine", build.message)
+    elif roll is None or obs.serving_hash != build.engine_hash or not roll.done:
+        phase = "Deploying"
+        progress = (True, "RollingOut", roll.message if roll else "creating the Deployment")
+    else:
+        phase, progress = "Ready", (False, "Complete", f"serving engine {build.engine_hash}: {roll.message}")
+
+    if roll is None:
+        available = _cond("Available", False, "NoEngine", "waiting for the first engine build")
+    elif roll.available:
+        available = _cond("Available", True, "MinimumReplicasAvailable",
+                          f"{roll.ready} pods ready, serving engine {obs.serving_hash}")
+    else:
+        available = _cond("Available", False, "Unavailable", roll.message)
+    conditions = [
+        _cond("EngineBuilt", built, build.reason or "Building", build.message or "no build job yet"),
+        available,
+        _cond("Progressing", *progress),
+        _cond("Degraded", True, *problems[0]) if problems else _cond("Degraded", False, "AsExpected", ""),
+    ]
+    return {
+        "phase": phase,
+        "message": problems[0][1] if problems else progress[2],
+        "observedGeneration": obs.generation,
+        "engineHash": build.engine_hash,
+        "servingEngineHash": obs.serving_hash,
+        "buildJob": build.job_name,
+        "replicas": roll.replicas if roll else 0,
+        "readyReplicas": roll.ready if roll else 0,
+        "endpoint": obs.endpoint if roll else None,
+        "conditions": conditions,
+    }
+
+
+def merge_conditions(old: list[dict[str, Any]], new: list[dict[str, Any]], now: datetime.datetime,
+                     generation: int) -> list[dict[str, Any]]:
+    """lastTransitionTime changes only when a condition's status does: an unchanged status is not rewritten."""
+    previous = {c.get("type"): c for c in old or []}
+    out = []
+    for cond in new:
+        before = previous.get(cond["type"], {})
+        changed = before.get("status") != cond["status"]
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ") if changed or "lastTransitionTime" not in before \
+            else before["lastTransitionTime"]
+        out.append({**cond, "lastTransitionTime": stamp, "observedGeneration": generation})
+    return out
+
+
+def with_times(old_status: dict[str, Any], new_status: dict[str, Any], now: datetime.datetime) -> dict[str, Any]:
+    merged = dict(new_status)
+    merged["conditions"] = merge_conditions(old_status.get("conditions") or [], new_status["conditions"], now,
+                                            new_status["observedGeneration"])
+    return merged
+
+
+def changed(old_status: dict[str, Any], new_status: dict[str, Any]) -> bool:
+    return any(old_status.get(k) != v for k, v in new_status.items())

@@ -1,0 +1,270 @@
+"""A Llama for serving, gpt-fast style: static per-slot KV cache, batched prefill and one-token decode.
+
+Every sequence owns a fixed cache row ("slot") of `max_seq` positions, so a decode step has the same
+tensor shapes whatever the sequences' lengths are: the step can be captured in a CUDA graph and replayed
+as sequences grow. Attention masks each slot to its own length.
+
+Cache layout: K and V each `[layers, slots, kv_heads, max_seq, head_dim]`, as decode_attention.py expects.
+The math (RMSNorm in fp32, rotate-half RoPE with Llama 3 scaling) follows HF transformers' LlamaModel so
+that HF checkpoints load unchanged and the logits match (tests/runtime/test_llama.py checks this).
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from orpheus_tts.model_spec import LlamaShape, RopeScaling
+
+
+def rope_inv_freq(shape: LlamaShape) -> torch.Tensor:
+    """Inverse frequencies, with Llama 3's scaling: long wavelengths slowed down by `factor`, short ones
+    kept, a smooth blend in between (same as HF's `_compute_llama3_parameters`)."""
+    d = shape.head_dim
+    inv_freq = 1.0 / (shape.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    s: RopeScaling | None = shape.rope_scaling
+    if s is None:
+        return inv_freq
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor
+    )
+    blended = (1 - smooth) * scaled / s.factor + smooth * scaled
+    is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(is_medium, blended, scaled)
+
+
+def rope_tables(shape: LlamaShape, max_seq: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin `[max_seq, head_dim]` in fp32 (the halves repeated, for rotate-half)."""
+    freqs = torch.outer(torch.arange(max_seq, dtype=torch.float32), rope_inv_freq(shape))
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(device), emb.sin().to(device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x `[..., heads, T, D]`, cos/sin broadcastable `[..., 1, T, D]` already in x's dtype."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In fp32 like HF: bf16 variance loses too much.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Int8Linear(nn.Module):
+    """Weight-only int8 (per output channel), as build_engine.py writes it: `w = qweight * scales[:, None]`.
+
+    Halves the bytes a decode step streams, which is what bounds small batches. gpt-fast's formulation:
+    the int8->float cast is fused into the GEMM's operand load by the compiler; eager still saves memory."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.empty(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+
+
+def _linear(in_features: int, out_features: int, int8: bool) -> nn.Module:
+    return Int8Linear(in_features, out_features) if int8 else nn.Linear(in_features, out_features, bias=False)
+
+
+class Block(nn.Module):
+    def __init__(self, shape: LlamaShape, int8: bool = False) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        # Fused projections: one GEMM each instead of three and two (loader concatenates HF's weights).
+        self.wqkv = _linear(shape.hidden_size, q_dim + 2 * kv_dim, int8)
+        self.wo = _linear(q_dim, shape.hidden_size, int8)
+        self.w13 = _linear(shape.hidden_size, 2 * shape.intermediate_size, int8)
+        self.w2 = _linear(shape.intermediate_size, shape.hidden_size, int8)
+        self.attention_norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
+        self.ffn_norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x `[N, T, H]` -> q `[N, Hq, T, D]`, k and v `[N, Hkv, T, D]`."""
+        n, t, _ = x.shape
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        q, k, v = self.wqkv(self.attention_norm(x)).split([q_dim, kv_dim, kv_dim], dim=-1)
+        q = q.view(n, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(n, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = v.view(n, t, self.n_kv, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Residual + output projection + SwiGLU MLP. attn `[N, Hq, T, D]`."""
+        n, _, t, _ = attn.shape
+        h = x + self.wo(attn.transpose(1, 2).reshape(n, t, -1))
+        gate, up = self.w13(self.ffn_norm(h)).chunk(2, dim=-1)
+        return h + self.w2(F.silu(gate) * up)
+
+
+class Transformer(nn.Module):
+    def __init__(self, shape: LlamaShape, int8: bool = False) -> None:
+        super().__init__()
+        self.shape = shape
+        self.tok_embeddings = nn.Embedding(shape.vocab_size, shape.hidden_size)
+        self.layers = nn.ModuleList(Block(shape, int8) for _ in range(shape.num_layers))
+        self.norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
+        self.output = None if shape.tie_word_embeddings else nn.Linear(shape.hidden_size, shape.vocab_size, bias=False)
+        self.k_cache: torch.Tensor | None = None
+        self.v_cache: torch.Tensor | None = None
+        self.out_weight: torch.Tensor | None = None
+        self.attention = "sdpa"
+
+    # -- setup --------------------------------------------------------------------------------------
+
+    def setup_caches(self, slots: int, max_seq: int, attention: str = "sdpa") -> None:
+        """Allocates K/V `[layers, slots, kv_heads, max_seq, head_dim]` and the RoPE tables.
+
+        attention: "sdpa" (PyTorch, any device) or "triton" (decode_attention.py, CUDA only)."""
+        weight = self.tok_embeddings.weight
+        s = self.shape
+        dims = (s.num_layers, slots, s.num_kv_heads, max_seq, s.head_dim)
+        self.k_cache = torch.zeros(dims, dtype=weight.dtype, device=weight.device)
+        self.v_cache = torch.zeros(dims, dtype=weight.dtype, device=weight.device)
+        cos, sin = rope_tables(s, max_seq, weight.device)
+        self.cos, self.sin = cos.to(weight.dtype), sin.to(weight.dtype)
+        self.attention = attention
+        if self.out_weight is None:
+            self.set_output_rows(None)
+
+    def set_output_rows(self, rows: torch.Tensor | None) -> None:
+        """Makes the output layer compute only `rows` of the vocabulary (all when None).
+
+        Orpheus only ever emits the 7x4096 audio codes and a stop id: skipping the other ~128k rows is
+        ~28% of a decode step at batch 256 (shared/reference/h100-measurements.md). A copy, so the GEMM
+        reads one contiguous weight."""
+        full = self.tok_embeddings.weight if self.output is None else self.output.weight
+        self.out_weight = full.detach() if rows is None else full[rows.to(full.device)].contiguous()
+
+    # -- forward ------------------------------------------------------------------------------------
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(h), self.out_weight)
+
+    def prefill(self, tokens: torch.Tensor, slots: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Fresh sequences into cache rows `slots`: tokens `[N, T]` right-padded, `lengths[N]` real lengths.
+
+        Returns the logits `[N, rows]` at each sequence's last real token. Padding positions write junk
+        into the cache beyond each length; lengths mask it, and decoding overwrites it."""
+        n, t = tokens.shape
+        x = self.tok_embeddings(tokens)
+        cos, sin = self.cos[:t][None, None], self.sin[:t][None, None]
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv(x)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            self.k_cache[i, slots, :, :t] = k
+            self.v_cache[i, slots, :, :t] = v
+            # Causal within the prompt is all a fresh sequence needs; padding sits after the real tokens.
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            x = layer.finish(x, attn)
+        last = x[torch.arange(n, device=x.device), lengths - 1]
+        return self.logits(last)
+
+    def decode(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One token per sequence: tokens, slots, positions `[B]` (position = tokens already cached).
+
+        Static shapes and no host syncs, so the call can be captured in a CUDA graph. Returns `[B, rows]`."""
+        b = tokens.shape[0]
+        x = self.tok_embeddings(tokens)[:, None]  # [B, 1, H]
+        cos, sin = self.cos[positions][:, None, None], self.sin[positions][:, None, None]
+        lengths = positions + 1
+        max_seq = self.k_cache.shape[3]
+        mask = (torch.arange(max_seq, device=tokens.device)[None] < lengths[:, None])[:, None, None]
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv(x)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            self.k_cache[i, slots, :, positions] = k[:, :, 0]
+            self.v_cache[i, slots, :, positions] = v[:, :, 0]
+            if self.attention == "triton":
+                from orpheus_tts.decode_attention import decode_attention
+
+                attn = decode_attention(q[:, :, 0], self.k_cache[i], self.v_cache[i], slots, lengths)[:, :, None]
+            else:
+                # Reads each slot's whole cache row; the Triton kernel reads only the valid prefix.
+                k_all, v_all = self.k_cache[i, slots], self.v_cache[i, slots]
+                attn = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=True)
+            x = layer.finish(x, attn)
+        return self.logits(x[:, 0]).view(b, -1)
+
+
+# -- weights ------------------------------------------------------------------------------------------
+
+
+def _projection(hf: dict[str, torch.Tensor], names: list[str], ours: str) -> dict[str, torch.Tensor]:
+    """HF projections `names` (`<m>.weight`, or int8 `<m>.qweight` + `<m>.scales`) -> one fused `ours`."""
+    if f"{names[0]}.qweight" in hf:
+        return {f"{ours}.weight": torch.cat([hf[f"{n}.qweight"] for n in names]),
+                f"{ours}.scales": torch.cat([hf[f"{n}.scales"] for n in names])}  # fmt: skip
+    return {f"{ours}.weight": torch.cat([hf[f"{n}.weight"] for n in names])}
+
+
+def is_int8_checkpoint(hf: dict[str, torch.Tensor]) -> bool:
+    return any(name.endswith(".qweight") for name in hf)
+
+
+def hf_to_fused(hf: dict[str, torch.Tensor], shape: LlamaShape) -> dict[str, torch.Tensor]:
+    """HF LlamaForCausalLM parameter names -> ours (q/k/v and gate/up concatenated)."""
+    out = {"tok_embeddings.weight": hf["model.embed_tokens.weight"], "norm.weight": hf["model.norm.weight"]}
+    if not shape.tie_word_embeddings:
+        out["output.weight"] = hf["lm_head.weight"]
+    for n in range(shape.num_layers):
+        p, q = f"model.layers.{n}.", f"layers.{n}."
+        out |= _projection(hf, [p + f"self_attn.{x}_proj" for x in "qkv"], q + "wqkv")
+        out |= _projection(hf, [p + "self_attn.o_proj"], q + "wo")
+        out |= _projection(hf, [p + "mlp.gate_proj", p + "mlp.up_proj"], q + "w13")
+        out |= _projection(hf, [p + "mlp.down_proj"], q + "w2")
+        out[q + "attention_norm.weight"] = hf[p + "input_layernorm.weight"]
+        out[q + "ffn_norm.weight"] = hf[p + "post_attention_layernorm.weight"]
+    return out
+
+
+def read_safetensors(model_dir: pathlib.Path, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every tensor of every shard, floating ones cast to `dtype` (int8 weights stay int8)."""
+    from safetensors import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {model_dir}")
+    tensors = {}
+    for path in files:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                tensors[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+    return tensors
+
+
+def load_transformer(model_dir: str | pathlib.Path, shape: LlamaShape, device: torch.device,
+                     dtype: torch.dtype) -> Transformer:  # fmt: skip
+    """Builds the model on the meta device (no memory) and assigns the checkpoint's tensors."""
+    hf = read_safetensors(pathlib.Path(model_dir), device, dtype)
+    with torch.device("meta"):
+        model = Transformer(shape, int8=is_int8_checkpoint(hf))
+    try:
+        state = hf_to_fused(hf, shape)
+    except KeyError as e:
+        raise ValueError(f"checkpoint in {model_dir} lacks tensor {e.args[0]}") from None
+    del hf
+    model.load_state_dict(state, assign=True, strict=True)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,368 @@
+"""A real, throwaway Kubernetes control plane for tests: etcd + kube-apiserver + kube-controller-manager.
+
+Everything listens on loopback with free ports and lives in one temporary directory that `stop()` removes.
+- TLS: a test CA (openssl) signs the apiserver's serving certificate and two client certificates: the admin
+  (group system:masters) and kube-controller-manager (its bootstrap RBAC identity).
+- Authorization is RBAC, so a ServiceAccount token (minted with the TokenRequest API) only gets what its
+  Roles grant: operator and chart tests use that to prove the chart's RBAC is enough and no more.
+- kube-controller-manager runs only the garbagecollector and namespace controllers, so ownerReference
+  cascades and namespace deletion really happen. There is no kubelet, scheduler, Job or Deployment
+  controller: tests drive Job and Deployment status themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+class ControlPlaneError(RuntimeError):
+    pass
+
+
+def build_binaries() -> Path:
+    """Runs build.sh (a no-op when cached) and returns the directory holding the binaries."""
+    proc = subprocess.run(["bash", str(HERE / "build.sh")], stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise ControlPlaneError(f"tests/k8s/build.sh failed with exit code {proc.returncode} (see its stderr above)")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ControlPlaneError(f"openssl {' '.join(args)} failed: {proc.stderr.strip()}")
+
+
+def make_pki(d: Path) -> None:
+    """CA, apiserver serving cert, admin and controller-manager client certs, service-account signing key."""
+    # An empty config, so that only the extensions named here end up in the certificates (the system openssl.cnf
+    # would make every certificate a CA).
+    (d / "openssl.cnf").write_text("[req]\ndistinguished_name = dn\n[dn]\n")
+    req = [
+        "req",
+        "-config",
+        "openssl.cnf",
+        "-x509",
+        "-days",
+        "2",
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+    ]
+    openssl(
+        *req,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=orpheus-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext",
+        "subjectKeyIdentifier=hash",
+        cwd=d,
+    )
+    certs = {
+        "apiserver": (
+            "/CN=kube-apiserver",
+            "serverAuth",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
+        ),
+        "admin": ("/O=system:masters/CN=orpheus-test-admin", "clientAuth", None),
+        "controller-manager": ("/CN=system:kube-controller-manager", "clientAuth", None),
+    }
+    for name, (subject, usage, san) in certs.items():
+        ext = [
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature",
+            f"extendedKeyUsage={usage}",
+            "subjectKeyIdentifier=hash",
+            "authorityKeyIdentifier=keyid",
+        ]
+        ext += [san] if san else []
+        openssl(
+            *req,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.crt",
+            "-subj",
+            subject,
+            *[a for e in ext for a in ("-addext", e)],
+            cwd=d,
+        )
+    openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=d)
+    openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
+
+
+def kubeconfig(server: str, ca_file: Path, user: dict, context: str = "test") -> dict:
+    """A one-cluster, one-user kubeconfig document."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
+        "users": [{"name": context, "user": user}],
+        "contexts": [{"name": context, "context": {"cluster": "test", "user": context}}],
+        "current-context": context,
+    }
+
+
+def write_yaml(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc))
+    path.chmod(0o600)
+    return path
+
+
+@dataclasses.dataclass
+class ControlPlane:
+    bin_dir: Path
+    workdir: Path = dataclasses.field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="orpheus-kube-")))
+    processes: dict[str, subprocess.Popen] = dataclasses.field(default_factory=dict)
+    server: str = ""
+
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki / "ca.crt"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.workdir / "admin.kubeconfig"
+
+    @property
+    def helm_binary(self) -> Path:
+        return self.bin_dir / "helm"
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 120.0) -> ControlPlane:
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
+        self.pki.mkdir(parents=True)
+        make_pki(self.pki)
+        etcd_url = self._start_etcd()
+        port = free_port()
+        self.server = f"https://127.0.0.1:{port}"
+        pki = self.pki
+        self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                "--authorization-mode=RBAC",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-cluster-ip-range=10.96.0.0/24",
+                "--allow-privileged=true",
+                "--profiling=false",
+            ],
+        )
+        write_yaml(
+            self.admin_kubeconfig,
+            kubeconfig(
+                self.server,
+                self.ca_file,
+                {"client-certificate": str(pki / "admin.crt"), "client-key": str(pki / "admin.key")},
+            ),
+        )
+        self._wait_ready(timeout)
+        kcm_config = write_yaml(
+            self.workdir / "controller-manager.kubeconfig",
+            kubeconfig(
+                self.server,
+                self.ca_file,
+                {
+                    "client-certificate": str(pki / "controller-manager.crt"),
+                    "client-key": str(pki / "controller-manager.key"),
+                },
+            ),
+        )
+        self._spawn(
+            "kube-controller-manager",
+            [
+                f"--kubeconfig={kcm_config}",
+                # garbagecollector and namespace: cascades and namespace deletion really happen; serviceaccount: every
+                # namespace gets its "default" ServiceAccount, which admission requires of pods that name none.
+                "--controllers=garbagecollector,namespace,serviceaccount",
+                # Each controller gets its own ServiceAccount and bootstrap Role, as in a kubeadm cluster.
+                "--use-service-account-credentials=true",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                f"--cert-dir={self.workdir / 'controller-manager-certs'}",
+            ],
+        )
+
+    def _start_etcd(self) -> str:
+        client, peer = free_port(), free_port()
+        client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+        self._spawn(
+            "etcd",
+            [
+                "--name=test",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=test={peer_url}",
+                # Test data is throwaway: skip fsync, which dominates etcd latency on a shared CI disk.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        return client_url
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.workdir / f"{name}.log", "wb")
+        with log:
+            self.processes[name] = subprocess.Popen(
+                [str(self.bin_dir / name), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def _wait_ready(self, timeout: float) -> None:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        ctx.load_cert_chain(self.pki / "admin.crt", self.pki / "admin.key")
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise ControlPlaneError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+            try:
+                with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError as e:
+                last = str(e)
+            time.sleep(0.5)
+        raise ControlPlaneError(
+            f"kube-apiserver not ready after {timeout}s ({last}):\n{self.log_tail('kube-apiserver')}"
+        )
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.workdir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self) -> None:
+        # Reverse start order: controller-manager, apiserver, then etcd.
+        for proc in reversed(list(self.processes.values())):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.processes.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ---- clients --------------------------------------------------------------------------------------------
+
+    def api_client(self, kubeconfig_path: Path | str | None = None):
+        """A kubernetes.client.ApiClient for the admin (or for the given kubeconfig)."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(kubeconfig_path or self.admin_kubeconfig))
+
+    def service_account_kubeconfig(self, namespace: str, name: str, expiration_seconds: int = 3600) -> Path:
+        """Mints a token for the ServiceAccount (TokenRequest API) and writes a kubeconfig that uses it."""
+        from kubernetes import client
+
+        with self.api_client() as api:
+            request = client.AuthenticationV1TokenRequest(
+                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=expiration_seconds)
+            )
+            token = client.CoreV1Api(api).create_namespaced_service_account_token(name, namespace, request)
+        path = self.workdir / f"sa-{namespace}-{name}.kubeconfig"
+        doc = kubeconfig(self.server, self.ca_file, {"token": token.status.token}, context=f"{namespace}-{name}")
+        doc["contexts"][0]["context"]["namespace"] = namespace
+        return write_yaml(path, doc)
+
+    def helm(
+        self, *args: str, check: bool = True, kubeconfig_path: Path | str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        """Runs helm against this control plane (admin credentials unless kubeconfig_path is given)."""
+        return run_helm(
+            self.helm_binary,
+            args,
+            home=self.workdir / "helm",
+            check=check,
+            timeout=timeout,
+            kubeconfig=kubeconfig_path or self.admin_kubeconfig,
+        )
+
+
+def run_helm(
+    binary: Path,
+    args: tuple[str, ...] | list[str],
+    *,
+    home: Path,
+    kubeconfig: Path | str | None = None,
+    check: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess:
+    """Runs helm with its cache, config and data under `home` (never the user's ~/.config/helm)."""
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+    env.pop("KUBECONFIG", None)
+    if kubeconfig:
+        env["KUBECONFIG"] = str(kubeconfig)
+    proc = subprocess.run([str(binary), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise ControlPlaneError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc

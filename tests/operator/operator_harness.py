@@ -1,0 +1,213 @@
+"""Helpers for the operator's integration tests: RBAC from the chart, the operator as a real subprocess, and the
+Job / Pod / Deployment status changes that a kubelet and the Job and Deployment controllers would make (the test
+control plane runs none of them)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+from crd_schema import CRD_PATH
+from kubernetes import client, utils
+from kubernetes.client.rest import ApiException
+
+CHART = pathlib.Path(__file__).resolve().parents[2] / "charts/orpheus-tts-operator"
+GROUP, VERSION, PLURAL = "tts.orpheus.dev", "v1alpha1", "orpheusttses"
+RUNTIME_IMAGE = "example.test/orpheus-tts:1"
+# CPU profile: the torch backend with the tiny random model, no GPU.
+TINY = {
+    "model": {"repo": "tiny-random"},
+    "engine": {"backend": "torch", "weightQuantization": "none", "kvCacheDtype": "auto"},
+    "runtime": {"gpus": 0, "affinity": {}, "tolerations": []},
+    "build": {"gpus": 0},
+}
+
+
+def wait_for(fn: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def install_crd(api: client.ApiClient) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    doc = yaml.safe_load(CRD_PATH.read_text())
+    try:
+        ext.create_custom_resource_definition(doc)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(doc["metadata"]["name"])
+        doc["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(doc["metadata"]["name"], doc)
+
+    def established() -> bool:
+        crd = ext.read_custom_resource_definition(doc["metadata"]["name"])
+        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+    wait_for(established, what="the CRD to be established")
+
+
+def install_rbac(kube: Any, api: client.ApiClient, release: str, namespace: str,
+                 watch_namespaces: list[str]) -> list[dict[str, Any]]:
+    """Renders the chart's ServiceAccount and RBAC with helm and creates them; returns what it created."""
+    args = ["template", release, str(CHART), "--namespace", namespace,
+            "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"]
+    if watch_namespaces:
+        args += ["--set", "watchNamespaces={" + ",".join(watch_namespaces) + "}"]
+    docs = [d for d in yaml.safe_load_all(kube.helm(*args).stdout) if d]
+    for doc in docs:
+        utils.create_from_dict(api, doc, namespace=doc["metadata"].get("namespace", namespace))
+    return docs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OperatorProcess:
+    """`orpheus-operator` in a subprocess, logged in with a ServiceAccount kubeconfig."""
+
+    def __init__(self, kubeconfig: pathlib.Path, log_path: pathlib.Path, namespaces: list[str]) -> None:
+        self.kubeconfig, self.log_path, self.namespaces = kubeconfig, log_path, namespaces
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> OperatorProcess:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ORPHEUS_OPERATOR_", "KUBECONFIG"))}
+        env.update({
+            "KUBECONFIG": str(self.kubeconfig),
+            "ORPHEUS_OPERATOR_RUNTIME_IMAGE": RUNTIME_IMAGE,
+            "ORPHEUS_OPERATOR_RESYNC_SECONDS": "1",
+            "ORPHEUS_OPERATOR_BUILD_RETRY_BASE_SECONDS": "2",
+            "ORPHEUS_OPERATOR_BUILD_RETRY_MAX_SECONDS": "4",
+        })
+        args = [a for ns in self.namespaces for a in ("--namespace", ns)] or ["--all-namespaces"]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from orpheus_operator.main import main; sys.exit(main())",
+             *args, "--health-port", str(self.port), "--log-level", "DEBUG"],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(self.healthy, timeout=60, what=f"the operator's /healthz (log: {self.log_path})")
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"operator exited early:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+# ---- what the controllers and the kubelet would do ---------------------------------------------------------
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def finish_job(api: client.ApiClient, namespace: str, name: str, succeeded: bool, reason: str = "") -> None:
+    """Marks a Job Complete or Failed the way the Job controller does (the API server validates the sequence)."""
+    batch = client.BatchV1Api(api)
+    t = now()
+    if succeeded:
+        conditions = [
+            {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
+             "message": "Reached expected number of succeeded pods", "lastProbeTime": t, "lastTransitionTime": t},
+            {"type": "Complete", "status": "True", "reason": "CompletionsReached",
+             "message": "Reached expected number of succeeded pods", "lastProbeTime": t, "lastTransitionTime": t},
+        ]
+        status = {"startTime": t, "completionTime": t, "succeeded": 1, "active": 0, "ready": 0,
+                  "terminating": 0, "uncountedTerminatedPods": {}, "conditions": conditions}
+    else:
+        reason = reason or "BackoffLimitExceeded"
+        message = "Job has reached the specified backoff limit"
+        conditions = [
+            {"type": "FailureTarget", "status": "True", "reason": reason, "message": message,
+             "lastProbeTime": t, "lastTransitionTime": t},
+            {"type": "Failed", "status": "True", "reason": reason, "message": message,
+             "lastProbeTime": t, "lastTransitionTime": t},
+        ]
+        status = {"startTime": t, "failed": 1, "active": 0, "ready": 0, "terminating": 0,
+                  "uncountedTerminatedPods": {}, "conditions": conditions}
+    batch.patch_namespaced_job_status(name, namespace, {"status": status})
+
+
+def failed_build_pod(api: client.ApiClient, namespace: str, job: dict[str, Any], exit_code: int,
+                     message: str) -> None:
+    """The Job's pod, terminated with build_engine's exit code and termination message."""
+    core = client.CoreV1Api(api)
+    name = job["metadata"]["name"]
+    try:  # the ServiceAccount admission plugin wants it, and no controller here creates it
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": "default"}})
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    pod = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{name}-x1", "namespace": namespace,
+                     "labels": {"job-name": name, "batch.kubernetes.io/job-name": name},
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                                          "uid": job["metadata"]["uid"], "controller": True}]},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": RUNTIME_IMAGE}]},
+    }
+    core.create_namespaced_pod(namespace, pod)
+    t = now()
+    status = {"phase": "Failed", "containerStatuses": [{
+        "name": "build", "image": RUNTIME_IMAGE, "imageID": "", "ready": False, "restartCount": 0,
+        "state": {"terminated": {"exitCode": exit_code, "reason": "Error", "message": message,
+                                 "startedAt": t, "finishedAt": t}}}]}
+    core.patch_namespaced_pod_status(pod["metadata"]["name"], namespace, {"status": status})
+
+
+def make_deployment_available(api: client.ApiClient, namespace: str, name: str) -> None:
+    """What the Deployment controller reports once the rollout is done and every pod is ready."""
+    apps = client.AppsV1Api(api)
+    dep = apps.read_namespaced_deployment(name, namespace)
+    n = dep.spec.replicas if dep.spec.replicas is not None else 1
+    t = now()
+    status = {
+        "observedGeneration": dep.metadata.generation, "replicas": n, "updatedReplicas": n, "readyReplicas": n,
+        "availableReplicas": n,
+        "conditions": [
+            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+             "message": "Deployment has minimum availability.", "lastUpdateTime": t, "lastTransitionTime": t},
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+             "message": "rollout complete", "lastUpdateTime": t, "lastTransitionTime": t},
+        ],
+    }
+    apps.patch_namespaced_deployment_status(name, namespace, {"status": status})

@@ -1,0 +1,174 @@
+"""Render functions: spec (as defaulted by the CRD) -> manifests."""
+
+from __future__ import annotations
+
+from crd_schema import make_body
+
+from orpheus_operator import crd, hashing, render
+from orpheus_operator.config import OperatorConfig
+
+CFG = OperatorConfig(runtime_image="runtime:1")
+
+
+def build_of(body: dict, cfg: OperatorConfig = CFG) -> tuple[dict, str]:
+    build = hashing.build_spec(body["spec"], cfg)
+    return build, hashing.engine_hash(build)
+
+
+def env_of(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_job_runs_build_engine_with_the_contract_flags() -> None:
+    body = make_body({"model": {"hfTokenSecretRef": {"name": "hf"}}, "build": {"calibrationDir": "/engines/calib"}})
+    build, h = build_of(body)
+    job = render.render_job(body, build, h, attempt=2)
+    assert job["metadata"]["name"] == f"voice-build-{h}-2"
+    assert job["metadata"]["labels"][crd.HASH_LABEL] == h
+    assert job["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["orpheus-tts"]
+    assert c["args"] == [
+        "build-engine", "--backend", "trtllm", "--model", "canopylabs/orpheus-3b-0.1-ft", "--revision", "main",
+        "--out", f"/engines/{h}", "--weight-quantization", "int4_awq", "--kv-cache-dtype", "int8",
+        "--max-batch-size", "20", "--max-input-len", "48", "--max-output-len", "1024",
+        "--status-file", f"/engines/{h}.status.json", "--wait", "--calib-dir", "/engines/calib"]
+    assert env_of(c)["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["image"] == "runtime:1"
+    assert pod["restartPolicy"] == "Never"
+    assert {"name": "engines", "mountPath": "/engines", "readOnly": False} in c["volumeMounts"]
+    assert pod["affinity"] == body["spec"]["runtime"]["affinity"]  # same GPU architecture as the servers
+    assert job["spec"]["backoffLimit"] == 2 and job["spec"]["activeDeadlineSeconds"] == 7200
+
+
+def test_public_model_job_has_no_token() -> None:
+    body = make_body({"engine": {"backend": "torch", "weightQuantization": "none", "kvCacheDtype": "auto"},
+                      "model": {"repo": "tiny-random"}, "build": {"gpus": 0}})
+    build, h = build_of(body)
+    (c,) = render.render_job(body, build, h, 1)["spec"]["template"]["spec"]["containers"]
+    assert "HF_TOKEN" not in env_of(c)
+    assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
+
+
+def test_job_name_fits_a_label_value() -> None:
+    body = make_body(name="a" * 40)
+    build, h = build_of(body)
+    assert len(render.render_job(body, build, h, 999)["metadata"]["name"]) <= 63
+
+
+def test_deployment_serves_the_engine_per_the_runtime_contract() -> None:
+    body = make_body({"runtime": {"apiKeySecretRef": {"name": "keys"}, "drainGraceSeconds": 40, "gpus": 2},
+                      "snac": {"maxBatch": 32}})
+    build, h = build_of(body)
+    dep = render.render_deployment(body, CFG, build, h)
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = env_of(c)
+    assert env == {
+        "ORPHEUS_BACKEND": "trtllm", "TRTLLM_ENGINE_DIR": f"/engines/{h}", "TRTLLM_MAX_INPUT_LEN": "48",
+        "TRTLLM_MAX_OUTPUT_LEN": "1024", "TRTLLM_MAX_BATCH_SIZE": "20", "KV_FREE_GPU_FRAC": "0.92",
+        "SNAC_MAX_BATCH": "32", "SNAC_BATCH_TIMEOUT_MS": "5", "PORT": "8000", "ORPHEUS_DRAIN_GRACE_S": "40",
+        "HF_HUB_OFFLINE": "1", "TLLM_WORKER_USE_SINGLE_PROCESS": "1",
+        "ORPHEUS_API_KEY": {"secretKeyRef": {"name": "keys", "key": "api-key"}}}
+    assert c["command"] == ["orpheus-tts", "serve"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert {"name": "engines", "mountPath": "/engines", "readOnly": True} in c["volumeMounts"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["engines"]["persistentVolumeClaim"] == {"claimName": "voice-engines", "readOnly": True}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    # preStop, then the runtime's drain, must fit in the grace period.
+    assert pod["terminationGracePeriodSeconds"] > render.PRESTOP_SLEEP_SECONDS + 40
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(render.PRESTOP_SLEEP_SECONDS)]
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert dep["metadata"]["labels"][crd.HASH_LABEL] == h
+    assert hashing.dumps(build) == dep["metadata"]["annotations"][crd.BUILD_SPEC_ANNOTATION]
+
+
+def test_deployment_keeps_the_served_engines_limits_while_a_new_one_builds() -> None:
+    old = make_body()
+    old_build, old_hash = build_of(old)
+    new = make_body({"engine": {"maxBatchSize": 32}, "runtime": {"replicas": 3, "image": "runtime:2"}})
+    dep = render.render_deployment(new, CFG, old_build, old_hash)
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert env_of(c)["TRTLLM_MAX_BATCH_SIZE"] == "20" and env_of(c)["TRTLLM_ENGINE_DIR"] == f"/engines/{old_hash}"
+    assert c["image"] == "runtime:1"  # the image that built the served engine
+    assert dep["spec"]["replicas"] == 3  # runtime-only fields apply at once
+
+
+def test_runtime_image_applies_at_once_with_a_separate_build_image() -> None:
+    cfg = OperatorConfig(runtime_image="runtime:1", build_image="builder:1")
+    body = make_body({"runtime": {"image": "runtime:2"}})
+    build, h = build_of(body, cfg)
+    (c,) = render.render_deployment(body, cfg, build, h)["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "runtime:2" and build["image"] == "builder:1"
+
+
+def test_user_env_overrides_by_name() -> None:
+    body = make_body({"runtime": {"env": [{"name": "PORT", "value": "9"}, {"name": "EXTRA", "value": "x"}]}})
+    build, h = build_of(body)
+    (c,) = render.render_deployment(body, CFG, build, h)["spec"]["template"]["spec"]["containers"]
+    names = [e["name"] for e in c["env"]]
+    assert len(names) == len(set(names)) and env_of(c)["PORT"] == "9" and env_of(c)["EXTRA"] == "x"
+
+
+def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
+    body = make_body({"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6,
+                                      "targetActiveStreamsPerPod": 12}})
+    build, h = build_of(body)
+    assert "replicas" not in render.render_deployment(body, CFG, build, h)["spec"]
+    hpa = render.render_hpa(body)
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "voice"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    assert hpa["spec"]["metrics"] == [{"type": "Pods", "pods": {
+        "metric": {"name": "orpheus_tts_active_streams"}, "target": {"type": "AverageValue", "averageValue": "12"}}}]
+    assert render.render_hpa(make_body()) is None
+
+
+def test_pvc_ownership_follows_retention() -> None:
+    kept = render.render_pvc(make_body())
+    assert "ownerReferences" not in kept["metadata"]
+    assert kept["spec"] == {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "50Gi"}}}
+    gone = render.render_pvc(make_body({"storage": {"retainOnDelete": False, "storageClassName": "fast"}}))
+    assert gone["metadata"]["ownerReferences"][0]["kind"] == "OrpheusTTS"
+    assert gone["spec"]["storageClassName"] == "fast"
+
+
+def test_service_ingress_pdb_and_endpoint() -> None:
+    body = make_body({"ingress": {"enabled": True, "host": "tts.example.com", "className": "nginx",
+                                  "tls": {"enabled": True}, "annotations": {"a": "b"}}})
+    svc = render.render_service(body)
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["spec"]["selector"] == render.selector_labels(body)
+    ing = render.render_ingress(body)
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    assert ing["spec"]["tls"] == [{"hosts": ["tts.example.com"], "secretName": "voice-tls"}]
+    ann = ing["metadata"]["annotations"]
+    assert ann["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600" and ann["a"] == "b"
+    backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]
+    assert backend == {"service": {"name": "voice", "port": {"name": "http"}}}
+    assert render.endpoint(body) == "https://tts.example.com/"
+    assert render.render_ingress(make_body()) is None
+    assert render.endpoint(make_body()) == "http://voice.tts.svc:8000"
+    pdb = render.render_pdb(body)
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": render.selector_labels(body)}}
+
+
+def test_render_is_pure() -> None:
+    body = make_body({"runtime": {"env": [{"name": "X", "value": "1"}]}})
+    snapshot = repr(body)
+    build, h = build_of(body)
+    first = render.render_deployment(body, CFG, build, h)
+    first["spec"]["template"]["spec"]["containers"][0]["env"].clear()
+    first["spec"]["template"]["spec"]["affinity"].clear()
+    assert repr(body) == snapshot
+    assert render.render_deployment(body, CFG, build, h) != first

@@ -1,0 +1,125 @@
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from orpheus_tts.snac_decoder import (
+    LEFT_CONTEXT,
+    MAX_EMIT,
+    RIGHT_CONTEXT,
+    SAMPLES_PER_FRAME,
+    WINDOW_FRAMES,
+    SnacModel,
+    StreamWindows,
+    disable_noise,
+    load_snac,
+    to_pcm16,
+)
+
+
+def random_frames(n: int, seed: int) -> list[tuple[int, ...]]:
+    rng = random.Random(seed)
+    return [tuple(rng.randrange(4096) for _ in range(7)) for _ in range(n)]
+
+
+def plan(frames, steps):
+    """Feeds frames in chunks of the given sizes (cycled), collecting windows as a streaming caller would."""
+    sw, windows, i, k = StreamWindows(), [], 0, 0
+    while i < len(frames):
+        step = steps[k % len(steps)]
+        sw.add(frames[i : i + step])
+        i, k = i + step, k + 1
+        while (w := sw.next_window()) is not None:
+            windows.append(w)
+    while (w := sw.next_window(final=True)) is not None:
+        windows.append(w)
+    return sw, windows
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 7, 8, 15, 40])
+@pytest.mark.parametrize("steps", [[1], [3, 1], [100]])
+def test_windows_cover_every_frame_once_with_context(n, steps):
+    frames = random_frames(n, n)
+    sw, windows = plan(frames, steps)
+    covered = []
+    for w in windows:
+        assert 1 <= w.n_frames <= WINDOW_FRAMES
+        assert 0 <= w.keep_from < w.keep_to <= w.n_frames
+        start = len(covered) - w.keep_from  # stream index of the window's first frame
+        assert list(w.frames) == frames[start : start + w.n_frames]
+        # Context: enough on each side, or the true edge of the stream.
+        assert w.keep_from >= LEFT_CONTEXT or start == 0
+        assert w.n_frames - w.keep_to >= RIGHT_CONTEXT or start + w.n_frames == n
+        covered += frames[start + w.keep_from : start + w.keep_to]
+    assert covered == frames
+    assert sw.emitted == n
+
+
+def test_first_audio_after_one_plus_right_context_frames():
+    sw = StreamWindows()
+    sw.add(random_frames(RIGHT_CONTEXT, 0))
+    assert sw.next_window() is None
+    sw.add(random_frames(1, 1))
+    w = sw.next_window()
+    assert (w.keep_from, w.keep_to) == (0, 1)
+
+
+def test_steady_state_windows_have_one_shape():
+    _, windows = plan(random_frames(60, 3), [1])
+    shapes = {w.n_frames for w in windows[len(windows) // 4 : -1]}
+    assert shapes == {WINDOW_FRAMES}
+    _, windows = plan(random_frames(60, 3), [100])  # a burst: windows emit MAX_EMIT frames each
+    assert all(w.keep_to - w.keep_from == MAX_EMIT for w in windows[:-2])
+
+
+@pytest.fixture(scope="module")
+def snac_model():
+    from snac import SNAC
+
+    from orpheus_tts.tiny_model import SNAC_24KHZ_CONFIG
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    return SnacModel(disable_noise(SNAC(**SNAC_24KHZ_CONFIG)), torch.device("cpu"))
+
+
+def snr_db(test: np.ndarray, ref: np.ndarray) -> float:
+    noise = np.sum((test.astype(np.float64) - ref) ** 2)
+    return 10 * math.log10(np.sum(ref.astype(np.float64) ** 2) / max(noise, 1e-9))
+
+
+@pytest.mark.parametrize(("n", "steps"), [(1, [1]), (2, [1]), (3, [2]), (6, [1]), (13, [1, 3]), (20, [5])])
+def test_streamed_equals_offline(snac_model, n, steps):
+    frames = random_frames(n, 100 + n)
+    offline = to_pcm16(snac_model.decode_frames([tuple(frames)]))[0].numpy()
+    _, windows = plan(frames, steps)
+    streamed = np.frombuffer(b"".join(b for w in windows for b in snac_model.decode_windows([w])), np.int16)
+    assert streamed.size == offline.size == n * SAMPLES_PER_FRAME
+    assert snr_db(streamed, offline) >= 40.0
+
+
+def test_batched_decode_equals_single(snac_model):
+    _, windows = plan(random_frames(12, 5), [12])
+    same = [w for w in windows if w.n_frames == WINDOW_FRAMES][:2]
+    assert len(same) == 2
+    batched = snac_model.decode_windows(same)
+    assert [np.frombuffer(b, np.int16) for b in batched] == pytest.approx(
+        [np.frombuffer(snac_model.decode_windows([w])[0], np.int16) for w in same], abs=2
+    )
+
+
+def test_decode_windows_rejects_mixed_shapes(snac_model):
+    _, windows = plan(random_frames(3, 1), [1])
+    assert len({w.n_frames for w in windows}) > 1
+    with pytest.raises(ValueError):
+        snac_model.decode_windows(windows)
+
+
+def test_load_snac_from_local_dir(tiny_model_dir):
+    from orpheus_tts.config import RuntimeConfig
+
+    model = load_snac(str(tiny_model_dir / "snac"), RuntimeConfig(snac_device="cpu"))
+    assert model.device.type == "cpu"
+    model.warm_up()

@@ -1,0 +1,272 @@
+"""TrtllmEngine against the TensorRT-LLM test double (tests/runtime/trtllm_double).
+
+What this proves: the mapping onto the documented 1.2.x API and the Engine contract on top of it.
+What it cannot prove: that the real library behaves like the double (docs/engine-build.md lists what
+is verified on a GPU only).
+"""
+
+import asyncio
+import dataclasses
+import pathlib
+import sys
+
+import pytest
+
+from orpheus_tts.config import RuntimeConfig
+from orpheus_tts.engine import EngineError, GenerationRequest, SamplingParams
+from orpheus_tts.model_spec import ModelSpec
+from orpheus_tts.trtllm_engine import TrtllmEngine
+
+DOUBLE = pathlib.Path(__file__).parent / "trtllm_double"
+EOS = 128258
+A = 128266  # first audio id
+
+
+def Spec(**kw) -> ModelSpec:
+    return dataclasses.replace(ModelSpec(), **kw)
+
+
+def _drop_double_modules() -> None:
+    for name in list(sys.modules):
+        if name in ("tensorrt_llm", "tensorrt") or name.startswith("tensorrt_llm."):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def api(monkeypatch):
+    monkeypatch.syspath_prepend(str(DOUBLE))
+    _drop_double_modules()
+    import tensorrt_llm.llmapi as api
+
+    api.LLM.instances.clear()
+    api.LLM.fail_on_init = None
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [])
+    yield api
+    _drop_double_modules()
+
+
+@pytest.fixture
+def engine_dir(tmp_path):
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "tokenizer.json").write_text("{}")
+    return tmp_path
+
+
+def _cfg(**kw) -> RuntimeConfig:
+    return RuntimeConfig(**{"max_batch_size": 4, "max_input_len": 48, "max_output_len": 1024,
+                            "kv_free_gpu_frac": 0.7, **kw})
+
+
+async def _started(engine_dir, **kw) -> TrtllmEngine:
+    engine = TrtllmEngine(engine_dir, _cfg(**kw), Spec())
+    await engine.start()
+    return engine
+
+
+async def _collect(engine, request) -> list[list[int]]:
+    return [chunk async for chunk in engine.submit(request)]
+
+
+def _req(rid="r1", prompt=(1, 2, 3), **params) -> GenerationRequest:
+    return GenerationRequest(rid, list(prompt), SamplingParams(**params))
+
+
+async def test_start_loads_the_engine_with_int8_kv_safe_settings(api, engine_dir):
+    await _started(engine_dir)
+    [llm] = api.LLM.instances
+    assert llm.kwargs["model"] == str(engine_dir / "engine")
+    assert llm.kwargs["tokenizer"] == str(engine_dir / "model")
+    kv = llm.kwargs["kv_cache_config"]
+    assert kv.free_gpu_memory_fraction == 0.7 and kv.enable_block_reuse is False and kv.dtype == "auto"
+    assert llm.kwargs["enable_chunked_prefill"] is False
+
+
+async def test_start_without_tokenizer_files_skips_tokenizer(api, engine_dir):
+    (engine_dir / "model" / "tokenizer.json").unlink()
+    await _started(engine_dir)
+    assert api.LLM.instances[0].kwargs["skip_tokenizer_init"] is True
+
+
+async def test_start_without_tensorrt_llm_is_an_engine_error(engine_dir, monkeypatch):
+    _drop_double_modules()
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # import fails as when not installed
+    with pytest.raises(EngineError, match="TensorRT-LLM is not installed") as e:
+        await TrtllmEngine(engine_dir, _cfg(), Spec()).start()
+    assert e.value.kind == "startup"
+
+
+async def test_limits_above_the_built_engine_are_refused_at_start(api, engine_dir):
+    from orpheus_tts import manifest
+
+    built = manifest.Manifest(backend="trtllm", model_repo="m", requested_revision=None, resolved_commit=None,
+                              weight_quantization="int4_awq", kv_cache_dtype="int8", max_batch_size=16,
+                              max_input_len=48, max_output_len=1024)
+    manifest.write(built, engine_dir)
+    with pytest.raises(EngineError, match=r"max_batch_size=20 > 16") as e:
+        await TrtllmEngine(engine_dir, _cfg(max_batch_size=20), Spec()).start()
+    assert e.value.kind == "startup" and not api.LLM.instances
+    await _started(engine_dir, max_batch_size=8, max_output_len=512)  # below the build: fine
+
+
+async def test_every_sampling_field_is_mapped(api, engine_dir):
+    engine = await _started(engine_dir)
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A]])
+    await _collect(engine, _req(prompt=[5, 6, 7], temperature=0.4, top_p=0.9, repetition_penalty=1.15,
+                                max_tokens=300, min_tokens=10, seed=42))
+    [result] = api.LLM.instances[0].results
+    p = result.sampling_params
+    assert result.prompt_token_ids == [5, 6, 7]
+    assert (p.temperature, p.top_p, p.repetition_penalty) == (0.4, 0.9, 1.15)
+    assert (p.max_tokens, p.min_tokens, p.seed) == (300, 10, 42)
+    assert p.end_id == EOS and p.stop_token_ids == [EOS]
+    assert p.detokenize is False
+
+
+async def test_max_tokens_is_always_set_not_the_library_default(api, engine_dir):
+    engine = await _started(engine_dir)
+    await _collect(engine, _req())
+    assert api.LLM.instances[0].results[0].sampling_params.max_tokens == SamplingParams().max_tokens == 1024
+
+
+async def test_stream_preserves_order_and_chunking(api, engine_dir):
+    engine = await _started(engine_dir)
+    steps = [[A, A + 1], [A + 2], [A + 3, A + 4, A + 5]]
+    api.LLM.behaviour = staticmethod(lambda prompt, params: steps)
+    assert await _collect(engine, _req()) == steps
+
+
+async def test_stop_id_ends_the_stream_and_is_not_yielded(api, engine_dir):
+    engine = await _started(engine_dir)
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A, A + 1], [A + 2, EOS], [A + 9]])
+    assert await _collect(engine, _req()) == [[A, A + 1], [A + 2]]
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A], [EOS]])
+    assert await _collect(engine, _req("r2")) == [[A]]
+    assert engine.load().active == 0
+
+
+async def test_stop_id_the_library_passes_after_end_is_cut_too(api, engine_dir):
+    # A stop id that is not end_id (stop_token_ids) must end the stream as well.
+    engine = TrtllmEngine(engine_dir, _cfg(), Spec(stop_ids=(EOS, 128262)))
+    await engine.start()
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A, 128262, A + 1], [A + 2]])
+    assert await _collect(engine, _req()) == [[A]]
+    assert api.LLM.instances[0].results[0].abort_calls == 1  # the library had more to say: aborted
+
+
+async def test_never_more_than_max_tokens(api, engine_dir):
+    engine = await _started(engine_dir)
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A] * 3] * 5)
+    chunks = await _collect(engine, _req(max_tokens=4))
+    assert sum(map(len, chunks)) == 4
+
+
+async def test_consumer_leaving_early_aborts_and_frees_the_slot(api, engine_dir):
+    engine = await _started(engine_dir)
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A]] * 100)
+    stream = engine.submit(_req())
+    assert await stream.__anext__() == [A]
+    assert engine.load().active == 1
+    await stream.aclose()
+    [result] = api.LLM.instances[0].results
+    assert result.abort_calls == 1
+    assert engine.load().active == 0
+
+
+async def test_cancel_by_id_aborts_and_ends_the_stream(api, engine_dir):
+    engine = await _started(engine_dir)
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A]] * 100)
+    got = []
+    async for chunk in engine.submit(_req("victim")):
+        got.append(chunk)
+        if len(got) == 2:
+            engine.cancel("victim")
+    assert len(got) == 2  # the aborted stream ended instead of running to 100
+    assert api.LLM.instances[0].results[0].abort_calls == 1
+    assert engine.load().active == 0
+    engine.cancel("unknown")  # no-op
+
+
+async def test_cancelled_task_aborts(api, engine_dir):
+    engine = await _started(engine_dir)
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A]] * 10_000)
+    first = asyncio.Event()
+
+    async def consume():
+        async for _ in engine.submit(_req()):
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await first.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert api.LLM.instances[0].results[0].abort_calls == 1
+    assert engine.load().active == 0
+
+
+async def test_request_failure_is_an_engine_error_and_others_continue(api, engine_dir):
+    engine = await _started(engine_dir)
+
+    def behaviour(prompt, params):
+        if prompt == [9]:
+            return [[A], api.RequestError("CUDA error in request")]
+        return [[A], [A + 1], [A + 2]]
+
+    api.LLM.behaviour = staticmethod(behaviour)
+    bad, good = await asyncio.gather(_collect(engine, _req("bad", [9])), _collect(engine, _req("good")),
+                                     return_exceptions=True)
+    assert isinstance(bad, EngineError) and bad.kind == "trtllm" and "CUDA error" in str(bad)
+    assert good == [[A], [A + 1], [A + 2]]
+    assert engine.load().active == 0
+
+
+async def test_generate_async_rejecting_is_an_engine_error(api, engine_dir, monkeypatch):
+    engine = await _started(engine_dir)
+
+    def reject(*args, **kwargs):
+        raise ValueError("prompt too long for engine")
+
+    monkeypatch.setattr(api.LLM.instances[0], "generate_async", reject)
+    with pytest.raises(EngineError, match="prompt too long"):
+        await _collect(engine, _req())
+    assert engine.load().active == 0
+
+
+async def test_invalid_requests_are_refused_before_the_library(api, engine_dir):
+    engine = await _started(engine_dir, max_input_len=4, max_output_len=100)
+    with pytest.raises(EngineError) as e:
+        await _collect(engine, _req(prompt=[1] * 5))
+    assert e.value.kind == "invalid_request"
+    with pytest.raises(EngineError, match="max_tokens"):
+        await _collect(engine, _req(max_tokens=101))
+    assert api.LLM.instances[0].results == []
+
+
+async def test_submit_before_start_is_an_error(engine_dir):
+    with pytest.raises(EngineError, match="not started"):
+        TrtllmEngine(engine_dir, _cfg(), Spec()).submit(_req())
+
+
+async def test_load_counts_requests_beyond_capacity_as_queued(api, engine_dir):
+    engine = await _started(engine_dir, max_batch_size=2)
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A]] * 100)
+    streams = [engine.submit(_req(f"r{i}")) for i in range(3)]
+    for s in streams:
+        await s.__anext__()
+    load = engine.load()
+    assert (load.active, load.queued, load.capacity) == (2, 1, 2)
+    for s in streams:
+        await s.aclose()
+    assert engine.load().active == 0
+
+
+async def test_close_aborts_in_flight_and_shuts_down(api, engine_dir):
+    engine = await _started(engine_dir)
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A]] * 100)
+    stream = engine.submit(_req())
+    await stream.__anext__()
+    await engine.close()
+    assert api.LLM.instances[0].results[0].abort_calls >= 1
+    assert api.LLM.instances[0].shut_down
+    await stream.aclose()
