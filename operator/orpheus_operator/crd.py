@@ -32,7 +32,7 @@ ENGINE_STORAGE = "engine-storage"
 
 ENGINES_MOUNT = "/engines"
 HTTP_PORT = 8000
-ACTIVE_STREAMS_METRIC = "orpheus_tts_active_streams"
+ACTIVE_STREAMS_METRIC = "orpheus_active_streams"
 
 
 def pvc_name(name: str) -> str:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import kopf
@@ -30,7 +29,6 @@ def configure(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
     settings.persistence.finalizer = crd.FINALIZER
     # Namespaced mode runs under Roles only: no listing of namespaces or CRDs.
     settings.scanning.disabled = not cfg.clusterwide
-    settings.posting.level = logging.INFO
     # Reconnect watches regularly so a silently dropped connection cannot stall the operator.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -45,19 +43,19 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> Reconciler
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
-        await reconciler.api.close()
+        await reconciler.close()
 
     @kopf.on.login(registry=registry)
     def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
         # The same login as the operator's own API client: kopf's, without a Kubernetes client library.
         return kubeapi.login(settings)
 
-    @kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL, registry=registry)
+    @kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL, id="resource_event", registry=registry)
     async def resource_event(type: str | None, namespace: str, name: str, **_: Any) -> None:
         if type != "DELETED":
             await reconciler.reconcile(namespace, name)
 
-    @kopf.timer(crd.GROUP, crd.VERSION, crd.PLURAL, interval=cfg.resync_seconds, registry=registry)
+    @kopf.timer(crd.GROUP, crd.VERSION, crd.PLURAL, id="resync", interval=cfg.resync_seconds, registry=registry)
     async def resync(namespace: str, name: str, **_: Any) -> None:
         await reconciler.reconcile(namespace, name)
 

@@ -49,16 +49,32 @@ class Reconciler:
         self.api = api
         self.cfg = cfg
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._closed = False
+
+    async def close(self) -> None:
+        """At shutdown: let running passes finish, start no new ones, then close the API session."""
+        self._closed = True
+        for lock in list(self._locks.values()):
+            async with lock:
+                pass
+        await self.api.close()
 
     async def reconcile(self, namespace: str, name: str) -> None:
         # The timer, the resource's own events and its children's events may all fire at once.
         lock = self._locks.setdefault((namespace, name), asyncio.Lock())
         async with lock:
+            if self._closed:
+                return
             body = await self.api.get(crd.API_VERSION, crd.KIND, namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 self._locks.pop((namespace, name), None)
                 return  # owner references let the garbage collector remove the children
-            await self._reconcile(body)
+            try:
+                await self._reconcile(body)
+            except ApiError as e:
+                if e.status == 403 and "being terminated" in e.message:
+                    return  # the namespace is being deleted, and this resource with it
+                raise
 
     async def _apply(self, obj: dict[str, Any], errors: list[tuple[str, str]]) -> dict[str, Any] | None:
         try:

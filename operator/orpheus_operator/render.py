@@ -157,6 +157,7 @@ def render_job(body: Body, build: dict[str, Any], engine_hash: str, attempt: int
     }
     pod_spec = {
         "restartPolicy": "Never",
+        "enableServiceLinks": False,
         **_scheduling(spec),
         "containers": [container],
         "volumes": _engine_volumes(body, read_only=False, shm_size=spec["runtime"]["shmSize"]),
@@ -242,6 +243,8 @@ def render_deployment(body: Body, cfg: OperatorConfig, build: dict[str, Any], en
         },
         "spec": {
             **_scheduling(spec),
+            # Service links would inject <SERVICE>_PORT-style variables next to the runtime's own settings.
+            "enableServiceLinks": False,
             "terminationGracePeriodSeconds": grace,
             "containers": [container],
             "volumes": _engine_volumes(body, read_only=True, shm_size=runtime["shmSize"]),
@@ -252,6 +255,8 @@ def render_deployment(body: Body, cfg: OperatorConfig, build: dict[str, Any], en
         # Old pods serve until new ones are ready: needs one spare GPU during a rollout.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         "revisionHistoryLimit": 3,
+        # Beyond the startup probe's 15 minutes of engine loading, before a rollout counts as stalled.
+        "progressDeadlineSeconds": 1200,
         "template": template,
     }
     if not spec["autoscaling"]["enabled"]:
@@ -306,7 +311,7 @@ def render_ingress(body: Body) -> dict[str, Any] | None:
 
 def render_hpa(body: Body) -> dict[str, Any] | None:
     """Scales on active streams per pod. Needs a custom metrics adapter (e.g. prometheus-adapter) serving
-    orpheus_tts_active_streams from the pods' /metrics; without one the HPA reports that it cannot
+    orpheus_active_streams from the pods' /metrics; without one the HPA reports that it cannot
     get the metric, and the replica count stays where it is."""
     scaling = body["spec"]["autoscaling"]
     if not scaling["enabled"]:

@@ -128,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("repo", help="hub repo id, e.g. canopylabs/orpheus-3b-0.1-ft")
     parser.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
     parser.add_argument("--cache-dir", default=None, help="hub cache directory (default: HF_HOME's)")
-    parser.add_argument("--allow-pattern", action="append", dest="patterns",
-                        help=f"file pattern to fetch, repeatable (default: {' '.join(DEFAULT_ALLOW_PATTERNS)})")
+    parser.add_argument(
+        "--allow-pattern",
+        action="append",
+        dest="patterns",
+        help=f"file pattern to fetch, repeatable (default: {' '.join(DEFAULT_ALLOW_PATTERNS)})",
+    )
     parser.add_argument("--offline", action="store_true", default=None, help="only look in the cache")
     args = parser.parse_args(argv)
     try:

@@ -148,6 +148,7 @@ def build_prompts(text: str, voice: str, tokenizer: Tokenizer, spec: ModelSpec, 
     # of room) can still be too long here; refuse it rather than hand the engine an over-long prompt.
     too_long = [len(p) for p in prompts if len(p) > max_input_len]
     if too_long:
-        raise PromptError(f"a character needs {max(too_long)} tokens, more than max_input_len {max_input_len}",
-                          "text_too_long")
+        raise PromptError(
+            f"a character needs {max(too_long)} tokens, more than max_input_len {max_input_len}", "text_too_long"
+        )
     return prompts

@@ -20,6 +20,7 @@ shorter windows (1..WINDOW_FRAMES-1 frames), a fixed small set.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pathlib
 from dataclasses import dataclass
@@ -69,13 +70,14 @@ class StreamWindows:
         self._frames += frames
         self.received += len(frames)
 
-    def next_window(self, final: bool = False) -> Window | None:
-        """The next window to decode, or None until more frames arrive. `final`: no more frames will."""
+    def next_window(self, final: bool = False, min_emit: int = 1) -> Window | None:
+        """The next window to decode, or None until more frames arrive. `final`: no more frames will.
+        `min_emit` (1..MAX_EMIT): hold back until that many frames can be emitted (unless final)."""
         remaining = self.received - self.emitted
         if final and 0 < remaining <= MAX_EMIT + RIGHT_CONTEXT:
             return self._take(self.received, self.received)  # the true right edge, no padding
         count = min(remaining - RIGHT_CONTEXT, MAX_EMIT)
-        if count <= 0:
+        if count < max(1, min_emit):
             return None
         return self._take(self.emitted + count, self.emitted + count + RIGHT_CONTEXT)
 
@@ -118,6 +120,9 @@ class SnacModel:
     def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
         self.model = model.eval().to(device)
         self.device = device
+        # A CUDA stream of its own, so SNAC kernels run alongside the engine's decode steps instead of
+        # queueing behind them on the default stream.
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     @torch.inference_mode()
     def decode_frames(self, batch: list[tuple[Frame, ...]]) -> torch.Tensor:
@@ -131,8 +136,9 @@ class SnacModel:
         """One model call for windows of one shape -> each window's kept audio as s16le bytes."""
         if len({w.n_frames for w in windows}) != 1:
             raise ValueError("decode_windows needs windows of one shape")
-        audio = self.decode_frames([w.frames for w in windows])
-        pcm = to_pcm16(audio).cpu().numpy()
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            audio = self.decode_frames([w.frames for w in windows])
+            pcm = to_pcm16(audio).cpu().numpy()  # synchronises this stream only
         return [pcm[i, w.keep_from * SAMPLES_PER_FRAME : w.keep_to * SAMPLES_PER_FRAME].tobytes()
                 for i, w in enumerate(windows)]  # fmt: skip
 
@@ -148,9 +154,13 @@ def load_snac(source: str, cfg: RuntimeConfig) -> SnacModel:
     """SNAC from a local directory (config.json + pytorch_model.bin) or a hub repo id."""
     from snac import SNAC
 
-    from orpheus_tts.hub import resolve_model
+    from orpheus_tts.hub import HubError, resolve_model
+    from orpheus_tts.loader import LoadError
 
-    path = resolve_model(source, None, cfg.hf_token, allow_patterns=SNAC_FILES, offline=cfg.hf_offline)
+    try:
+        path = resolve_model(source, None, cfg.hf_token, allow_patterns=SNAC_FILES, offline=cfg.hf_offline)
+    except HubError as e:
+        raise LoadError(f"SNAC decoder {source}: {e}") from e
     device = resolve_device(cfg.snac_device)
     log.info("loading SNAC from %s on %s", source if not pathlib.Path(source).is_dir() else path, device)
     return SnacModel(SNAC.from_pretrained(str(path)), device)

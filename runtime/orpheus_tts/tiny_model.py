@@ -40,6 +40,16 @@ TINY_DIMS = {
     "num_key_value_heads": 2,
     "head_dim": 16,
 }
+# Orpheus 3B's own dims (Llama-3.2-3B): for GPU benchmarks with random weights at the real cost.
+ORPHEUS_3B_DIMS = {
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 24,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+}
+SHAPES = {"tiny": TINY_DIMS, "orpheus-3b": ORPHEUS_3B_DIMS}
 
 # Trained into the tiny BPE so common English words are single tokens, like with the real tokenizer
 # (~4 characters per token), which keeps prompt-chunking tests realistic.
@@ -53,12 +63,12 @@ Numbers like one, two, three, four, five, six, seven, eight, nine and ten are sp
 """
 
 
-def hf_config(spec: ModelSpec) -> dict:
+def hf_config(spec: ModelSpec, dims: dict[str, int] = TINY_DIMS) -> dict:
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": spec.shape.vocab_size,
-        **TINY_DIMS,
+        **dims,
         "hidden_act": "silu",
         "max_position_embeddings": 131072,
         "rms_norm_eps": 1e-5,
@@ -90,18 +100,21 @@ def random_weights(config: dict, generator: torch.Generator) -> dict[str, torch.
     def normal(*shape: int, std: float) -> torch.Tensor:
         return (torch.randn(*shape, generator=generator) * std).to(torch.bfloat16)
 
-    # Larger than HF's 0.02 init so that logits are not nearly uniform: clear greedy choices make
-    # batched-vs-single comparisons and sampling tests meaningful.
-    weights = {"model.embed_tokens.weight": normal(config["vocab_size"], h, std=0.3)}
+    # Tiny: larger than HF's 0.02 init so that logits are not nearly uniform: clear greedy choices make
+    # batched-vs-single comparisons and sampling tests meaningful. Full size: HF's 0.02, since 0.1 over
+    # 28 layers of width 3072 overflows bf16.
+    big = h > 256
+    w_std, e_std = (0.02, 0.02) if big else (0.1, 0.3)
+    weights = {"model.embed_tokens.weight": normal(config["vocab_size"], h, std=e_std)}
     for n in range(config["num_hidden_layers"]):
         p = f"model.layers.{n}."
-        weights[p + "self_attn.q_proj.weight"] = normal(nq * d, h, std=0.1)
-        weights[p + "self_attn.k_proj.weight"] = normal(nkv * d, h, std=0.1)
-        weights[p + "self_attn.v_proj.weight"] = normal(nkv * d, h, std=0.1)
-        weights[p + "self_attn.o_proj.weight"] = normal(h, nq * d, std=0.1)
-        weights[p + "mlp.gate_proj.weight"] = normal(i, h, std=0.1)
-        weights[p + "mlp.up_proj.weight"] = normal(i, h, std=0.1)
-        weights[p + "mlp.down_proj.weight"] = normal(h, i, std=0.1)
+        weights[p + "self_attn.q_proj.weight"] = normal(nq * d, h, std=w_std)
+        weights[p + "self_attn.k_proj.weight"] = normal(nkv * d, h, std=w_std)
+        weights[p + "self_attn.v_proj.weight"] = normal(nkv * d, h, std=w_std)
+        weights[p + "self_attn.o_proj.weight"] = normal(h, nq * d, std=w_std)
+        weights[p + "mlp.gate_proj.weight"] = normal(i, h, std=w_std)
+        weights[p + "mlp.up_proj.weight"] = normal(i, h, std=w_std)
+        weights[p + "mlp.down_proj.weight"] = normal(h, i, std=w_std)
         weights[p + "input_layernorm.weight"] = (1 + normal(h, std=0.1).float()).to(torch.bfloat16)
         weights[p + "post_attention_layernorm.weight"] = (1 + normal(h, std=0.1).float()).to(torch.bfloat16)
     weights["model.norm.weight"] = (1 + normal(h, std=0.1).float()).to(torch.bfloat16)
@@ -175,13 +188,14 @@ def write_snac(out: pathlib.Path, seed: int) -> None:
     torch.save(model.state_dict(), out / "pytorch_model.bin")
 
 
-def make_tiny_model(out: str | pathlib.Path, seed: int = 0, *, with_snac: bool = True) -> pathlib.Path:
+def make_tiny_model(out: str | pathlib.Path, seed: int = 0, *, with_snac: bool = True,
+                    shape: str = "tiny") -> pathlib.Path:  # fmt: skip
     from safetensors.torch import save_file
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = ModelSpec()
-    config = hf_config(spec)
+    config = hf_config(spec, SHAPES[shape])
     generator = torch.Generator().manual_seed(seed)
     save_file(random_weights(config, generator), out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -204,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="directory to write (created if missing)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-snac", action="store_true", help="skip the SNAC decoder (OUT/snac)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny",
+                        help="orpheus-3b: the real dims (3.3B parameters, 6.6 GB) for GPU benchmarks")  # fmt: skip
     args = parser.parse_args(argv)
-    path = make_tiny_model(args.out, args.seed, with_snac=not args.no_snac)
+    path = make_tiny_model(args.out, args.seed, with_snac=not args.no_snac, shape=args.shape)
     print(path)
     return 0

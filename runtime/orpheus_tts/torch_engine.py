@@ -38,7 +38,7 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """"auto" means CUDA with bf16 when a GPU is visible, else CPU with fp32 (CPUs are slow at bf16)."""
+    """ "auto" means CUDA with bf16 when a GPU is visible, else CPU with fp32 (CPUs are slow at bf16)."""
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     if dtype == "auto":
         return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -58,7 +58,9 @@ class DeviceState:
 
 def decode_step(model: Transformer, sampler: SlotSampler, state: DeviceState, slots: torch.Tensor) -> torch.Tensor:
     """One token for each of `slots`; device-only, static shapes, no host sync (CUDA-graph capturable)."""
-    positions = state.lengths[slots]
+    # Padding entries of a bucketed batch all decode the scratch slot, whose length would otherwise grow
+    # past the cache; real slots never reach the clamp (prompt + max_tokens <= max_seq).
+    positions = state.lengths[slots].clamp(max=model.k_cache.shape[3] - 1)
     logits = model.decode(state.last_token[slots], slots, positions)
     ids = sampler.sample(logits, slots)
     state.last_token[slots] = ids
@@ -74,6 +76,71 @@ def prefill_step(model: Transformer, sampler: SlotSampler, state: DeviceState, t
     state.last_token[slots] = ids
     state.lengths[slots] = lengths
     return ids
+
+
+def batch_buckets(capacity: int, step: int = 32) -> list[int]:
+    """Batch sizes with a graph of their own: powers of two up to `step`, then every multiple of `step`,
+    then the capacity. Past 32 slots a step's cost grows with the batch (attention, sampling), so a batch of
+    257 should not pay for 384; 32 apart wastes at most ~12% at 256."""
+    sizes, b = [], 1
+    while b < min(capacity, step):
+        sizes.append(b)
+        b *= 2
+    sizes += range(step, capacity, step)
+    return [*sizes, capacity]
+
+
+class DecodeGraphs:
+    """`decode_step` at a fixed set of batch sizes, one CUDA graph per size (`capture=True`, CUDA only).
+
+    A decode step launches hundreds of small kernels; at small batches launching them costs more than
+    running them. A graph replays them all at once. A batch of n slots runs the smallest bucket >= n, with
+    the extra entries pointing at the scratch slot; their results are discarded. With `capture=False` the
+    same padded step runs eagerly, which is how the CPU tests check the padding.
+    """
+
+    def __init__(self, model: Transformer, sampler: SlotSampler, state: DeviceState, capacity: int,
+                 scratch_slot: int, capture: bool) -> None:  # fmt: skip
+        self.model, self.sampler, self.state = model, sampler, state
+        self.scratch = scratch_slot
+        self.buckets = batch_buckets(capacity)
+        device = state.lengths.device
+        self.slots = {b: torch.full((b,), scratch_slot, dtype=torch.long, device=device) for b in self.buckets}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        if capture:
+            self._capture()
+
+    def _capture(self) -> None:
+        pool = None
+        # Largest first: smaller graphs then fit in the memory pool the largest one reserved.
+        for b in reversed(self.buckets):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside capture: lazy inits, Triton autotune/compile
+                decode_step(self.model, self.sampler, self.state, self.slots[b])
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: other threads (the SNAC decoder warming up) may use the GPU meanwhile.
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                self.outputs[b] = decode_step(self.model, self.sampler, self.state, self.slots[b])
+            pool = graph.pool()
+            self.graphs[b] = graph
+        torch.cuda.synchronize()
+        # Capture and warm-up advanced the scratch slot; give it a clean start.
+        self.state.lengths[self.scratch] = 0
+
+    def run(self, slots: list[int]) -> torch.Tensor:
+        n = len(slots)
+        b = next(size for size in self.buckets if size >= n)
+        padded = torch.tensor(slots + [self.scratch] * (b - n), dtype=torch.long)
+        self.slots[b].copy_(padded, non_blocking=True)
+        if b in self.graphs:
+            self.graphs[b].replay()
+            out = self.outputs[b]
+        else:
+            out = decode_step(self.model, self.sampler, self.state, self.slots[b])
+        return out[:n]
 
 
 @dataclass(eq=False)
@@ -152,6 +219,7 @@ class TorchEngine:
         self._active: dict[int, _Request] = {}
         self._free: list[int] = list(range(cfg.max_batch_size))[::-1]
         self._finishing: list[_Request] = []  # finished since the last flush
+        self.graphs: DecodeGraphs | None = None
 
     @property
     def capacity(self) -> int:
@@ -175,12 +243,22 @@ class TorchEngine:
     def _load_model(self) -> None:
         log.info("loading %s on %s (%s), %d slots x %d positions", self.model_dir, self.device, self.dtype,
                  self.capacity, self.max_seq)  # fmt: skip
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # caches, graphs and Triton kernels on the configured GPU
         with torch.inference_mode():
             self.model = load_transformer(self.model_dir, self.spec.shape, self.device, self.dtype)
             # One extra cache row: padded batch entries (CUDA-graph buckets, warm-up) point at it.
             self.scratch_slot = self.capacity
             slots = self.capacity + 1
-            self.model.setup_caches(slots, self.max_seq, attention=self._attention_kind())
+            try:
+                self.model.setup_caches(slots, self.max_seq, attention=self._attention_kind())
+            except torch.OutOfMemoryError:
+                s = self.spec.shape
+                per_slot = 2 * s.num_layers * s.num_kv_heads * self.max_seq * s.head_dim * self.dtype.itemsize
+                gib = slots * per_slot / 2**30
+                raise EngineError(f"the KV cache for {self.capacity} slots x {self.max_seq} positions needs "
+                                  f"{gib:.1f} GiB, more than the device has free: lower TRTLLM_MAX_BATCH_SIZE "
+                                  "or the input/output lengths", "startup") from None  # fmt: skip
             self.model.set_output_rows(output_rows(self.spec))
             self.sampler = SlotSampler(self.spec, slots, self.device)
             self.state = DeviceState(
@@ -188,11 +266,18 @@ class TorchEngine:
                 lengths=torch.zeros(slots, dtype=torch.long, device=self.device),
             )
             self._warm_up()
+            use_graphs = self.cfg.cuda_graphs and self.device.type == "cuda"
+            # Without graphs, decode the exact batch: padding would only add work.
+            self.graphs = DecodeGraphs(self.model, self.sampler, self.state, self.capacity, self.scratch_slot,
+                                       capture=True) if use_graphs else None  # fmt: skip
 
     def _attention_kind(self) -> str:
-        choice = getattr(self.cfg, "decode_attention", "auto")
+        choice = self.cfg.decode_attention
         if choice == "auto":
             return "triton" if self.device.type == "cuda" else "sdpa"
+        if choice not in ("sdpa", "triton") or (choice == "triton" and self.device.type != "cuda"):
+            raise EngineError(f"decode_attention {choice!r} is not available on {self.device}: "
+                              "use auto, sdpa, or triton (CUDA only)", "config")  # fmt: skip
         return choice
 
     def _warm_up(self) -> None:
@@ -267,6 +352,8 @@ class TorchEngine:
     # -- the compute thread -------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # graphs replay and kernels launch on the engine's GPU
         try:
             with torch.inference_mode():
                 while not self._stopping:
@@ -277,6 +364,7 @@ class TorchEngine:
         except BaseException as e:  # a bug here must not leave every stream waiting forever
             log.exception("torch engine thread failed")
             self._fatal = f"{type(e).__name__}: {e}"
+            self._take_inbox(block=False)  # requests submitted before _fatal was visible fail too
             for r in [*self._active.values(), *self._pending]:
                 self._finish(r, EngineError(f"engine failed: {self._fatal}", "engine"))
             self._flush()
@@ -308,7 +396,7 @@ class TorchEngine:
             results += self._prefill(admitted)
         if decoding:
             try:
-                ids = decode_step(self.model, self.sampler, self.state, self._slots_tensor(decoding))
+                ids = self._decode(decoding)
                 results.append((decoding, ids))
             except Exception as e:  # a device error fails the batch, never the engine
                 log.exception("decode step failed")
@@ -322,6 +410,11 @@ class TorchEngine:
                 self._emit(r, tok)
         self._n_active = len(self._active)
         self._flush()
+
+    def _decode(self, reqs: list[_Request]) -> torch.Tensor:
+        if self.graphs is not None:
+            return self.graphs.run([r.slot for r in reqs])
+        return decode_step(self.model, self.sampler, self.state, self._slots_tensor(reqs))
 
     def _admit(self) -> list[_Request]:
         admitted = []

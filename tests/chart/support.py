@@ -43,13 +43,22 @@ def server_dry_run_create(api, obj: dict) -> dict:
 
     resource = DynamicClient(api).resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
     namespace = obj["metadata"].get("namespace") if resource.namespaced else None
-    return api.call_api(
-        resource.path(namespace=namespace),
+    method, url, headers, body, post = api.param_serialize(
         "POST",
+        resource.path(namespace=namespace),
         query_params=[("dryRun", "All"), ("fieldValidation", "Strict")],
         header_params={"Content-Type": "application/json", "Accept": "application/json"},
         body=obj,
         auth_settings=["BearerToken"],
-        response_type="object",
-        _return_http_data_only=True,
     )
+    response = api.call_api(method, url, headers, body, post)
+    response.read()
+    return api.response_deserialize(response, {"2XX": "object"}).data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """helm's merge of a values file over the chart's values."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

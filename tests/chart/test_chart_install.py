@@ -4,13 +4,23 @@ helm install / upgrade / uninstall (no kubelet: the operator pod never runs, the
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from chart.support import CHART, CPU_VALUES, GPU_VALUES, KUBE_VERSION, container_env, server_dry_run_create, wait_for
+from chart.support import (
+    CHART,
+    CPU_VALUES,
+    GPU_VALUES,
+    KUBE_VERSION,
+    ROOT,
+    container_env,
+    server_dry_run_create,
+    wait_for,
+)
 
 pytestmark = pytest.mark.k8s
 
@@ -38,6 +48,16 @@ def test_rendered_objects_pass_server_side_validation(kube, crd, namespace, helm
             except ApiException as e:
                 pytest.fail(f"{obj['kind']} {obj['metadata']['name']} rejected by the API server: {e.body}")
             assert created["metadata"]["name"] == obj["metadata"]["name"]
+
+
+def test_dry_run_rejects_unknown_fields(kube, namespace, render):
+    """The validation above is strict: a misspelt field in a template would fail it."""
+    dep = next(o for o in render(namespace=namespace) if o["kind"] == "Deployment")
+    dep["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
+    with kube.api_client() as api, pytest.raises(ApiException) as err:
+        server_dry_run_create(api, dep)
+    assert err.value.status == 400
+    assert "livenessProbes" in err.value.body
 
 
 def test_server_rejects_an_invalid_instance(kube, crd, namespace, helm):
@@ -126,3 +146,22 @@ def gone(read) -> bool:
             return True
         raise
     return False
+
+
+def test_docs_sample_resources_pass_server_side_validation(kube, crd, namespace):
+    """The OrpheusTTS examples a newcomer copies from docs/deploy.md are accepted by the real CRD."""
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    samples = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", docs, flags=re.S)]
+    samples = [s for s in samples if isinstance(s, dict) and s.get("kind") == "OrpheusTTS"]
+    assert samples
+    for sample in samples:
+        sample["metadata"]["namespace"] = namespace
+        with kube.api_client() as api:
+            created = server_dry_run_create(api, sample)
+        assert created["spec"]["engine"]["weightQuantization"] == "int4_awq"  # defaults filled in by the CRD
+
+
+def test_docs_name_real_files():
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    for path in set(re.findall(r"(?:charts|images|docs)/[\w./-]+\.(?:yaml|md|Dockerfile)", docs)):
+        assert (ROOT / path).exists(), path

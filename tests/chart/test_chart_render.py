@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from chart.support import CHART, CPU_VALUES, GPU_VALUES, KUBE_VERSION, container_env, find
+from chart.support import CHART, CPU_VALUES, GPU_VALUES, KUBE_VERSION, container_env, deep_merge, find
 
 
 @pytest.mark.parametrize("values", [None, CPU_VALUES, GPU_VALUES], ids=["defaults", "cpu", "gpu"])
@@ -99,14 +99,14 @@ def test_values_schema_is_valid_json_schema():
     schema = json.loads((CHART / "values.schema.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     for values in (CHART / "values.yaml", CPU_VALUES, GPU_VALUES):
-        merged = yaml.safe_load((CHART / "values.yaml").read_text()) | yaml.safe_load(values.read_text())
+        merged = deep_merge(yaml.safe_load((CHART / "values.yaml").read_text()), yaml.safe_load(values.read_text()))
         jsonschema.validate(merged, schema)
 
 
 # (helm --set arguments, words the error message must contain)
 BAD_VALUES = [
     ("logLevel=LOUD", ["logLevel", "DEBUG", "INFO"]),
-    ("healthPort=80", ["healthPort", "1024"]),
+    ("healthPort=80", ["healthPort", "minimum", "got 80"]),
     ("runtime.default=vllm", ["runtime", "default", "trtllm", "torch"]),
     ("instances[0].name=Bad_Name", ["instances", "name", "does not match"]),
     ("instances[0].name=" + "x" * 41, ["instances", "name", "40"]),
@@ -115,6 +115,8 @@ BAD_VALUES = [
     ("watchNamespaces={Not-A-Namespace}", ["watchNamespaces", "does not match"]),
     ("replicas=2", ["replicas", "additional"]),
     ("image.repository=", ["image", "repository"]),
+    # Runtime pods take their pull policy from the OrpheusTTS (spec.runtime.imagePullPolicy), not from here.
+    ("runtime.images.torch.pullPolicy=Always", ["runtime/images/torch", "pullPolicy", "not allowed"]),
 ]
 
 

@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from chart.support import CHART, KUBE_VERSION, ROOT, container_env, find
+from chart.support import CHART, KUBE_VERSION, ROOT, container_env, deep_merge, find
 
 SKAFFOLD = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
 PROFILES = [None] + [p["name"] for p in SKAFFOLD.get("profiles", [])]
@@ -50,15 +50,9 @@ def release(config: dict) -> dict:
 def merged_values(config: dict) -> dict:
     """The chart's values.yaml overlaid with the release's values files (helm's deep merge)."""
 
-    def merge(base: dict, over: dict) -> dict:
-        out = dict(base)
-        for k, v in over.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        return out
-
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     for f in release(config).get("valuesFiles", []):
-        values = merge(values, yaml.safe_load((ROOT / f).read_text()))
+        values = deep_merge(values, yaml.safe_load((ROOT / f).read_text()))
     return values
 
 

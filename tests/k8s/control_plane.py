@@ -12,6 +12,7 @@ Everything listens on loopback with free ports and lives in one temporary direct
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import shutil
@@ -19,6 +20,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -40,6 +42,13 @@ def build_binaries() -> Path:
     if proc.returncode != 0:
         raise ControlPlaneError(f"tests/k8s/build.sh failed with exit code {proc.returncode} (see its stderr above)")
     return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def die_with_parent() -> None:
+    """Runs in the child before exec: if the test process dies without tearing down (SIGKILL, crash), the kernel
+    kills the child, so no etcd or apiserver outlives its test session (nothing of theirs is worth keeping)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -199,6 +208,8 @@ class ControlPlane:
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--service-cluster-ip-range=10.96.0.0/24",
+                # The `kubernetes` Service endpoints may not point at loopback; nothing here needs them.
+                "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 "--profiling=false",
             ],
@@ -260,14 +271,14 @@ class ControlPlane:
         return client_url
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        log = open(self.workdir / f"{name}.log", "wb")
-        with log:
+        with open(self.workdir / f"{name}.log", "wb") as log:
             self.processes[name] = subprocess.Popen(
                 [str(self.bin_dir / name), *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
 
     def _wait_ready(self, timeout: float) -> None:

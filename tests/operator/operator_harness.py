@@ -170,6 +170,12 @@ def finish_job(api: client.ApiClient, namespace: str, name: str, succeeded: bool
 def failed_build_pod(api: client.ApiClient, namespace: str, job: dict[str, Any], exit_code: int,
                      message: str) -> None:
     """The Job's pod, terminated with build_engine's exit code and termination message."""
+    build_pod(api, namespace, job, {"terminated": {"exitCode": exit_code, "reason": "Error", "message": message,
+                                                   "startedAt": now(), "finishedAt": now()}}, phase="Failed")
+
+
+def build_pod(api: client.ApiClient, namespace: str, job: dict[str, Any], state: dict[str, Any], phase: str) -> None:
+    """The Job's pod with its `build` container in `state`, as the kubelet reports it."""
     core = client.CoreV1Api(api)
     name = job["metadata"]["name"]
     try:  # the ServiceAccount admission plugin wants it, and no controller here creates it
@@ -186,11 +192,8 @@ def failed_build_pod(api: client.ApiClient, namespace: str, job: dict[str, Any],
         "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": RUNTIME_IMAGE}]},
     }
     core.create_namespaced_pod(namespace, pod)
-    t = now()
-    status = {"phase": "Failed", "containerStatuses": [{
-        "name": "build", "image": RUNTIME_IMAGE, "imageID": "", "ready": False, "restartCount": 0,
-        "state": {"terminated": {"exitCode": exit_code, "reason": "Error", "message": message,
-                                 "startedAt": t, "finishedAt": t}}}]}
+    status = {"phase": phase, "containerStatuses": [{
+        "name": "build", "image": RUNTIME_IMAGE, "imageID": "", "ready": False, "restartCount": 0, "state": state}]}
     core.patch_namespaced_pod_status(pod["metadata"]["name"], namespace, {"status": status})
 
 

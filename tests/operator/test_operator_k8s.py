@@ -4,6 +4,7 @@ ServiceAccount and RBAC. The tests play kubelet and the Job / Deployment control
 from __future__ import annotations
 
 import copy
+import json
 import pathlib
 import signal
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from operator_harness import (
     TINY,
     VERSION,
     OperatorProcess,
+    build_pod,
     failed_build_pod,
     finish_job,
     install_crd,
@@ -124,8 +126,21 @@ def run_operator(kube: Any, admin: client.ApiClient, namespace: str, tmp_path: p
         return proc.start()
 
     yield start
-    for proc in started:
-        proc.stop()
+    # Delete the resources while an operator still runs, so that kopf removes its finalizer and the namespace
+    # can go; an operator that died leaves finalizers behind, which are removed by hand.
+    custom = client.CustomObjectsApi(admin)
+    for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
+        name = item["metadata"]["name"]
+        if not any(p.proc is not None for p in started):
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                  {"metadata": {"finalizers": None}})
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    try:
+        wait_for(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"],
+                 what="the test's resources deleted")
+    finally:
+        for proc in started:
+            proc.stop()
     rbac = client.RbacAuthorizationV1Api(admin)
     for doc in docs:  # namespaced ones go with the namespace
         if doc["kind"] == "ClusterRoleBinding":
@@ -156,7 +171,8 @@ def test_invalid_resources_are_rejected_readably(cluster: Cluster, spec: dict, n
     with pytest.raises(ApiException) as info:
         cluster.create(name, spec)
     assert info.value.status == 422
-    assert expected in info.value.body
+    message = json.loads(info.value.body)["message"]
+    assert expected in message, message
 
 
 def test_api_server_defaults_match_the_unit_tests_defaulting(cluster: Cluster) -> None:
@@ -267,6 +283,39 @@ def test_failed_build_reports_why_retries_and_recovers(cluster: Cluster, run_ope
     assert conditions(st)["Degraded"] == ("False", "AsExpected")
 
 
+def test_autoscaler_follows_the_spec(cluster: Cluster, run_operator: Any) -> None:
+    run_operator()
+    cluster.create("voice", merge(TINY, {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5,
+                                                         "targetActiveStreamsPerPod": 12}}))
+    cluster.wait_phase("voice", "Building")
+    finish_job(cluster.api, cluster.ns, cluster.job_names("voice")[0], succeeded=True)
+    scaling = client.AutoscalingV2Api(cluster.api)
+    hpa = wait_for(lambda: _read_or_none(scaling.read_namespaced_horizontal_pod_autoscaler, "voice", cluster.ns),
+                   what="the HPA")
+    assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 5)
+    metric = hpa.spec.metrics[0].pods
+    assert metric.metric.name == "orpheus_active_streams" and metric.target.average_value == "12"
+    managed = cluster.apps.read_namespaced_deployment("voice", cluster.ns).metadata.managed_fields
+    operator_fields = [m.fields_v1 for m in managed if m.manager == crd.FIELD_MANAGER]
+    assert operator_fields and all("f:replicas" not in f.get("f:spec", {}) for f in operator_fields)
+
+    cluster.patch_spec("voice", {"autoscaling": {"enabled": False}, "runtime": {"replicas": 3}})
+    wait_for(lambda: _read_or_none(scaling.read_namespaced_horizontal_pod_autoscaler, "voice", cluster.ns) is None,
+             what="the HPA removed")
+    wait_for(lambda: cluster.deployment("voice").spec.replicas == 3, what="replicas owned again")
+
+
+def test_build_pod_that_cannot_start_is_pending(cluster: Cluster, run_operator: Any) -> None:
+    run_operator()
+    cluster.create("voice", merge(TINY, {"model": {"hfTokenSecretRef": {"name": "missing"}}}))
+    cluster.wait_phase("voice", "Building")
+    waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "missing" not found'}}
+    build_pod(cluster.api, cluster.ns, cluster.jobs("voice")[0], waiting, phase="Pending")
+    st = cluster.wait_phase("voice", "Pending")
+    assert conditions(st)["Degraded"] == ("True", "CreateContainerConfigError")
+    assert 'secret "missing" not found' in st["message"]
+
+
 def test_operator_restart_mid_build_converges(cluster: Cluster, run_operator: Any) -> None:
     first = run_operator(clusterwide=True)
     cluster.create("voice", TINY)
@@ -328,3 +377,29 @@ def _read_or_none(read: Any, name: str, namespace: str) -> Any:
         if e.status == 404:
             return None
         raise
+
+
+async def test_api_client_logs_in_again_after_401(kube: Any, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Service account tokens rotate: on a 401 the client asks kopf's login for fresh credentials, once."""
+    from orpheus_operator import kubeapi
+
+    monkeypatch.setenv("KUBECONFIG", str(kube.admin_kubeconfig))
+    calls: list[int] = []
+
+    def login() -> Any:
+        calls.append(1)
+        conn = kubeapi.login()
+        if len(calls) == 1:  # the first token is stale
+            return kubeapi.kopf.ConnectionInfo(server=conn.server, ca_path=conn.ca_path, token="expired")
+        return conn
+
+    api = kubeapi.KubeApi(login)
+    try:
+        assert await api.get("v1", "Service", namespace, "nothing-here") is None
+        assert len(calls) == 2
+        with pytest.raises(kubeapi.ApiError) as info:
+            await api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "Bad_Name",
+                                                                                  "namespace": namespace}})
+        assert info.value.status == 422 and "Bad_Name" in info.value.message
+    finally:
+        await api.close()

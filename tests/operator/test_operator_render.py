@@ -130,7 +130,7 @@ def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "voice"}
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
     assert hpa["spec"]["metrics"] == [{"type": "Pods", "pods": {
-        "metric": {"name": "orpheus_tts_active_streams"}, "target": {"type": "AverageValue", "averageValue": "12"}}}]
+        "metric": {"name": "orpheus_active_streams"}, "target": {"type": "AverageValue", "averageValue": "12"}}}]
     assert render.render_hpa(make_body()) is None
 
 
@@ -172,3 +172,13 @@ def test_render_is_pure() -> None:
     first["spec"]["template"]["spec"]["affinity"].clear()
     assert repr(body) == snapshot
     assert render.render_deployment(body, CFG, build, h) != first
+
+
+def test_no_service_links_and_a_rollout_deadline_beyond_the_startup_probe() -> None:
+    body = make_body()
+    build, h = build_of(body)
+    dep = render.render_deployment(body, CFG, build, h)
+    assert dep["spec"]["template"]["spec"]["enableServiceLinks"] is False
+    assert render.render_job(body, build, h, 1)["spec"]["template"]["spec"]["enableServiceLinks"] is False
+    startup = dep["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert dep["spec"]["progressDeadlineSeconds"] > startup["periodSeconds"] * startup["failureThreshold"]

@@ -96,3 +96,18 @@ def test_errors(tiny_model_dir, tmp_path):
         load_engine(_cfg(model=str(no_tok)))
     with pytest.raises(LoadError, match="not in the local cache"):
         load_engine(_cfg(model="orpheus-tts-tests/never-cached", hf_offline=True))
+
+
+async def test_engine_dir_from_build_engine(tmp_path):
+    """What `orpheus-tts build-engine --backend torch` writes (int8 weights) loads and generates."""
+    from orpheus_tts import build_engine
+
+    out = tmp_path / "eng"
+    argv = ["--backend", "torch", "--model", "tiny-random", "--out", str(out), "--weight-quantization", "int8",
+            "--kv-cache-dtype", "auto", "--max-batch-size", "2", "--max-input-len", "32", "--max-output-len", "32",
+            "--status-file", str(tmp_path / "status.json")]  # fmt: skip
+    assert build_engine.main(argv) == 0
+    loaded = load_engine(_cfg(engine_dir=str(out)))
+    assert "int8" in loaded.description and loaded.snac_source == str(out / "snac")
+    assert len(await _speak(loaded, "Hello world.")) <= 14
+    assert loaded.engine.model.layers[0].wqkv.weight.dtype.is_floating_point is False  # int8 kept, not upcast

@@ -7,7 +7,7 @@ import torch
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine import EngineError, GenerationRequest, SamplingParams
 from orpheus_tts.model_spec import load_model_spec
-from orpheus_tts.torch_engine import TorchEngine
+from orpheus_tts.torch_engine import DecodeGraphs, TorchEngine, batch_buckets
 
 PROMPTS = [[128259, 128000, 83, 64, 25, 467, 475, 128009, 128260, 128261, 128257],
            [128259, 128000, 500, 501, 128009, 128260, 128261, 128257],
@@ -180,3 +180,40 @@ async def test_not_started_and_closed(make_engine, tiny_model_dir):
     with pytest.raises(EngineError) as e:
         await asyncio.wait_for(running, 10)
     assert e.value.kind == "closed"
+
+
+def test_batch_buckets():
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(20) == [1, 2, 4, 8, 16, 20]
+    assert batch_buckets(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert batch_buckets(200) == [1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 200]
+
+
+async def test_padded_buckets_give_same_tokens(make_engine):
+    """The CUDA-graph path's padding (extra entries on the scratch slot) changes no request's tokens."""
+    engine = await make_engine(capacity=6)
+    assert engine.graphs is None  # CPU: no graphs
+    lengths = [9, 16, 23]
+
+    async def run(tag: str) -> list[list[int]]:
+        return await asyncio.gather(*(_collect(engine.submit(_req(f"{tag}{i}", i, max_tokens=n, min_tokens=n, seed=i)))
+                                      for i, n in enumerate(lengths)))  # fmt: skip
+
+    plain = await run("plain")
+    engine.graphs = DecodeGraphs(engine.model, engine.sampler, engine.state, engine.capacity, engine.scratch_slot,
+                                 capture=False)  # fmt: skip
+    assert await run("padded") == plain
+
+
+async def test_engine_thread_crash_fails_streams_not_hangs(make_engine):
+    engine = await make_engine(capacity=2)
+
+    def crash() -> None:
+        raise RuntimeError("scheduler bug")
+
+    engine._step = crash  # an internal bug: the engine thread dies
+    with pytest.raises(EngineError, match="scheduler bug"):
+        await asyncio.wait_for(_collect(engine.submit(_req("a", max_tokens=5))), 10)
+    with pytest.raises(EngineError) as e:
+        await _collect(engine.submit(_req("b", max_tokens=5)))
+    assert e.value.kind == "engine" and "internal error" in str(e.value)

@@ -1,0 +1,161 @@
+"""The real server under a ramp of concurrent WebSocket streams, on an Orpheus-shaped random model.
+
+Writes a 3.3B-parameter random-weight model in the Orpheus layout (`make-tiny-model --shape orpheus-3b`)
+plus random SNAC, starts `orpheus-tts serve` on it as a separate process, and for each N opens N
+streams whose arrivals are spread over `--arrival-s` seconds (users joining, not one synchronized burst).
+Each stream asks for exactly `--tokens` audio tokens (min_tokens = max_tokens: random weights never stop
+on their own). Per N: first-audio p50/p95/p99, each stream's real-time factor, underruns, tokens/s,
+SNAC batch sizes from the server's /metrics. The verdict: the largest N at which every stream is faster
+than real time (RTF < 1) and first-audio p95 <= 250 ms.
+
+    python benchmarks/ramp.py --levels 1,64,128,192,256,320,384 --json $OUT/ramp.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import aiohttp
+
+from orpheus_tts.bench import run_stream
+
+TEXT = "Hello there, this is one of many listeners streaming speech from the same GPU."
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Counters and histogram sums of the server's /metrics that the ramp reports deltas of."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        m = re.match(r"^(orpheus_[a-z_]+(?:_sum|_count|_total))(?:\{[^}]*\})? ([0-9.eE+-]+)$", line)
+        if m:
+            values[m.group(1)] = values.get(m.group(1), 0.0) + float(m.group(2))
+    return values
+
+
+async def level(url: str, n: int, tokens: int, arrival_s: float) -> dict:
+    message = {"text": TEXT, "voice": "tara", "min_tokens": tokens, "max_tokens": tokens}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(i: int):
+            await asyncio.sleep(arrival_s * i / n)
+            return await run_stream(session, url, i, message, None)
+
+        start = time.monotonic()
+        streams = await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.monotonic() - start
+    ok = [s for s in streams if s.ok]
+    first = [s.first_audio_s for s in ok if s.first_audio_s is not None]
+    rtf = [s.rtf for s in ok if s.rtf is not None]
+    # Each stream's own generation rate after its first audio: what the engine gave it in steady state.
+    rates = [tokens / (s.total_s - s.first_audio_s) for s in ok if s.first_audio_s and s.total_s > s.first_audio_s]
+    return {
+        "n": n, "ok": len(ok), "errors": sorted({s.error for s in streams if not s.ok}),
+        "wall_s": wall,
+        "first_audio_p50_s": quantile(first, 0.5), "first_audio_p95_s": quantile(first, 0.95),
+        "first_audio_p99_s": quantile(first, 0.99),
+        "rtf_p50": quantile(rtf, 0.5), "rtf_max": max(rtf, default=None),
+        "streams_slower_than_realtime": sum(1 for r in rtf if r >= 1.0),
+        "streams_with_underruns": sum(1 for s in ok if s.underruns), "stall_s_total": sum(s.stall_s for s in ok),
+        "stream_tokens_per_s_p50": quantile(rates, 0.5), "stream_tokens_per_s_min": min(rates, default=None),
+        "audio_s": sum(s.audio_s for s in ok),
+    }  # fmt: skip
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode} before it was ready")
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise SystemExit("server not ready in time")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--levels", default="1,64,128,192,256,320,384")
+    ap.add_argument("--tokens", type=int, default=600)
+    ap.add_argument("--arrival-s", type=float, default=2.0)
+    ap.add_argument("--capacity", type=int, default=384)
+    ap.add_argument("--model-dir", default="/tmp/orpheus-3b-random")
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--server-log", default="/tmp/server.log")
+    args = ap.parse_args()
+    levels = [int(n) for n in args.levels.split(",")]
+
+    t0 = time.monotonic()
+    if not os.path.exists(os.path.join(args.model_dir, "config.json")):
+        subprocess.run([sys.executable, "-m", "orpheus_tts.cli", "make-tiny-model", args.model_dir,
+                        "--shape", "orpheus-3b"], check=True)  # fmt: skip
+    print(f"model written in {time.monotonic() - t0:.0f} s", flush=True)
+    env = {**os.environ, "TRTLLM_MAX_BATCH_SIZE": str(args.capacity), "ORPHEUS_MAX_STREAMS": str(args.capacity),
+           "ORPHEUS_MODEL": args.model_dir, "PORT": str(args.port), "HOST": "127.0.0.1"}  # fmt: skip
+    log = open(args.server_log, "w")
+    server = subprocess.Popen([sys.executable, "-m", "orpheus_tts.cli", "serve"], env=env, stdout=log,
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    results = []
+    try:
+        t0 = time.monotonic()
+        wait_ready(args.port, server, timeout_s=600)
+        print(f"server ready in {time.monotonic() - t0:.0f} s", flush=True)
+        url = f"ws://127.0.0.1:{args.port}/ws/tts"
+        asyncio.run(level(url, 1, 70, 0.0))  # warm-up: first-call costs out of the numbers
+        for n in levels:
+            before = scrape(args.port)
+            row = asyncio.run(level(url, n, args.tokens, args.arrival_s if n > 1 else 0.0))
+            after = scrape(args.port)
+            delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+            batches = delta.get("orpheus_snac_batch_size_count", 0.0)
+            row["snac_calls"] = batches
+            row["snac_mean_batch"] = delta.get("orpheus_snac_batch_size_sum", 0.0) / batches if batches else None
+            row["tokens_per_s"] = delta.get("orpheus_generated_tokens_total", 0.0) / row["wall_s"]
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    ok_levels = [r["n"] for r in results if r["ok"] == r["n"] and r["streams_slower_than_realtime"] == 0
+                 and (r["first_audio_p95_s"] or 1e9) <= 0.25]  # fmt: skip
+    verdict = max(ok_levels, default=0)
+    print(f"\n{'N':>4} {'ok':>4} {'fa p50':>7} {'fa p95':>7} {'fa p99':>7} {'rtf p50':>7} {'rtf max':>7} "
+          f"{'slow':>4} {'underrun':>8} {'tok/s':>7} {'tok/s/str':>9} {'snac b':>6}")  # fmt: skip
+    fmt = lambda v, f="{:.3f}": "-" if v is None else f.format(v)  # noqa: E731
+    for r in results:
+        print(f"{r['n']:>4} {r['ok']:>4} {fmt(r['first_audio_p50_s']):>7} {fmt(r['first_audio_p95_s']):>7} "
+              f"{fmt(r['first_audio_p99_s']):>7} {fmt(r['rtf_p50']):>7} {fmt(r['rtf_max']):>7} "
+              f"{r['streams_slower_than_realtime']:>4} {r['streams_with_underruns']:>8} {r['tokens_per_s']:>7.0f} "
+              f"{fmt(r['stream_tokens_per_s_p50'], '{:.1f}'):>9} {fmt(r['snac_mean_batch'], '{:.1f}'):>6}")  # fmt: skip
+    print(f"\nlargest N with every stream faster than real time and first-audio p95 <= 250 ms: {verdict}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"levels": results, "verdict_n": verdict, "tokens": args.tokens, "arrival_s": args.arrival_s,
+                       "capacity": args.capacity}, f, indent=2)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""One decode step of the torch engine per batch size, on an Orpheus-shaped model with random weights,
+against the time of its linear layers alone (the floor: the weights must be read once per step).
+
+The step is the engine's own `decode_step` (model + on-device sampling), captured in a CUDA graph as the
+engine does, with each slot's context length drawn around `--mean-len` (prompt ~40 + half of 600).
+
+    python benchmarks/step_bench.py --json $OUT/step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+from orpheus_tts.llama import Transformer
+from orpheus_tts.model_spec import ModelSpec
+from orpheus_tts.sampling import SlotParams, SlotSampler, output_rows
+from orpheus_tts.torch_engine import DeviceState, decode_step
+
+TOKENS_PER_SECOND_REALTIME = 82.03  # 7 tokens per 2048-sample frame at 24 kHz
+
+
+def random_model(spec: ModelSpec) -> Transformer:
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = Transformer(spec.shape)
+    torch.set_default_dtype(torch.float32)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    return model.eval().requires_grad_(False)
+
+
+def graph_of(fn) -> torch.cuda.CUDAGraph:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g
+
+
+def linear_only(model: Transformer, batch: int) -> float:
+    x = torch.randn(batch, model.shape.hidden_size, device="cuda", dtype=torch.bfloat16)
+    inter = torch.randn(batch, model.shape.intermediate_size, device="cuda", dtype=torch.bfloat16)
+    attn = torch.randn(batch, model.shape.num_heads * model.shape.head_dim, device="cuda", dtype=torch.bfloat16)
+
+    def run():
+        for layer in model.layers:
+            F.linear(x, layer.wqkv.weight)
+            F.linear(attn, layer.wo.weight)
+            F.linear(x, layer.w13.weight)
+            F.linear(inter, layer.w2.weight)
+        F.linear(x, model.out_weight)
+
+    return do_bench(graph_of(run).replay, return_mode="median")
+
+
+def step_time(model: Transformer, sampler: SlotSampler, state: DeviceState, batch: int, mean_len: int) -> float:
+    slots = torch.arange(batch, device="cuda")
+    lo, hi = max(1, mean_len // 8), 2 * mean_len - mean_len // 8
+    state.lengths[:batch] = torch.randint(lo, hi, (batch,), device="cuda")
+    for s in range(batch):
+        sampler.reset(s, SlotParams(0.6, 0.8, 1.3, 10_000, s))  # min_tokens: never stop
+    graph = graph_of(lambda: decode_step(model, sampler, state, slots))
+    return do_bench(graph.replay, warmup=50, rep=200, return_mode="median")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--batches", default="1,16,64,128,192,256,320,384")
+    ap.add_argument("--mean-len", type=int, default=340)
+    ap.add_argument("--max-seq", type=int, default=48 + 1024)
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    spec = ModelSpec()
+    model = random_model(spec)
+    model.set_output_rows(output_rows(spec))
+    rows = []
+    with torch.inference_mode():
+        floors = {b: linear_only(model, b) for b in batches}
+        for attention in ("triton", "sdpa"):
+            slots = max(batches) + 1
+            model.setup_caches(slots, args.max_seq, attention=attention)
+            sampler = SlotSampler(spec, slots, torch.device("cuda"))
+            state = DeviceState(
+                last_token=torch.full((slots,), spec.audio_offset, dtype=torch.long, device="cuda"),
+                lengths=torch.zeros(slots, dtype=torch.long, device="cuda"),
+            )
+            for b in batches:
+                ms = step_time(model, sampler, state, b, args.mean_len)
+                streams = b / (ms / 1000) / TOKENS_PER_SECOND_REALTIME
+                rows.append({"attention": attention, "batch": b, "step_ms": ms, "linear_only_ms": floors[b],
+                             "tokens_per_s": b / (ms / 1000), "realtime_streams": streams})  # fmt: skip
+                print(f"{attention:>6} B={b:>3} step {ms:7.2f} ms  linear-only {floors[b]:6.2f} ms  "
+                      f"{b / (ms / 1000):8.0f} tok/s  = {streams:6.1f} real-time streams", flush=True)  # fmt: skip
+            model.k_cache = model.v_cache = None
+            del sampler, state
+            torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "mean_len": args.mean_len, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,524 @@
+"""`orpheus-tts serve`: the HTTP/WebSocket front end (aiohttp).
+
+Endpoints: WS /ws/tts (the seed's protocol, extended compatibly), POST /v1/audio/speech (OpenAI-style),
+GET /healthz (process alive), /readyz (model loaded and warmed, not draining), /metrics (Prometheus).
+
+A "stream" is one WebSocket connection or one HTTP speech request: admission control counts those, so
+an admitted client keeps its place for all the utterances it sends. The process listens before the
+model is loaded (liveness answers during a long load); /readyz turns 200 once it can serve.
+
+WebSocket protocol: each text message {"text", "voice"?, sampling fields?} is answered IN ORDER by
+binary PCM messages (24 kHz mono s16le) then b"__END__". Bad messages get a JSON
+{"type": "error", "code", "message"} in their turn and the socket stays open; {"type": "cancel"} stops
+the current utterance and drops the queued ones, acknowledged by {"type": "cancelled"}.
+Close codes: 1008 bad API key or unknown voice, 1009 message > max_message_bytes, 1013 busy / loading /
+draining (retry), 1011 internal or engine failure (after a JSON error), 1001 server shutting down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import json
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from orpheus_tts.config import ConfigError, RuntimeConfig, add_cli_flags, from_args
+from orpheus_tts.engine import EngineError
+from orpheus_tts.loader import LoadedModel, LoadError
+from orpheus_tts.metrics import CONTENT_TYPE, Metrics
+from orpheus_tts.snac_batcher import SnacBatcher
+from orpheus_tts.snac_decoder import SnacModel
+from orpheus_tts.synthesizer import SAMPLING_FIELDS, SynthesisError, Synthesizer, sampling_params
+from orpheus_tts.wav import wav_header
+
+log = logging.getLogger(__name__)
+
+END_OF_UTTERANCE = b"__END__"
+RETRY_AFTER_S = 1
+HEARTBEAT_S = 30.0  # pings find dead peers (no FIN), so their slots free up
+MAX_PENDING = 32  # queued utterances per socket; more get an error
+SECRET_FIELDS = ("hf_token", "api_key")
+CLOSE_BUSY = WSCloseCode.TRY_AGAIN_LATER  # 1013
+CLOSE_POLICY = WSCloseCode.POLICY_VIOLATION  # 1008
+CLOSE_INTERNAL = WSCloseCode.INTERNAL_ERROR  # 1011
+CLOSE_GOING_AWAY = WSCloseCode.GOING_AWAY  # 1001
+
+
+# -- messages (pure) ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Speak:
+    text: str
+    voice: str | None
+    sampling: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Cancel:
+    pass
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    message: str
+
+
+def parse_message(data: str) -> Speak | Cancel | Problem:
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return Problem("invalid_json", "message is not valid JSON")
+    if not isinstance(obj, dict):
+        return Problem("invalid_message", "message must be a JSON object")
+    kind = obj.get("type", "speak")
+    if kind == "cancel":
+        return Cancel()
+    if kind != "speak":
+        return Problem("invalid_message", f"unknown message type {kind!r} (expected 'speak' or 'cancel')")
+    text, voice = obj.get("text"), obj.get("voice")
+    if not isinstance(text, str):
+        return Problem("invalid_message", '"text" must be a string')
+    if voice is not None and not isinstance(voice, str):
+        return Problem("invalid_message", '"voice" must be a string')
+    return Speak(text, voice, {k: obj[k] for k in SAMPLING_FIELDS if k in obj})
+
+
+def error_message(code: str, message: str) -> dict[str, str]:
+    return {"type": "error", "code": code, "message": message}
+
+
+# -- server state --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerState:
+    cfg: RuntimeConfig
+    metrics: Metrics
+    loaded: LoadedModel | None = None
+    synth: Synthesizer | None = None
+    batcher: SnacBatcher | None = None
+    ready: bool = False
+    draining: bool = False
+    load_error: str | None = None
+    active: int = 0
+    sessions: set[WsSession] = field(default_factory=set)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    on_fatal: Callable[[], None] | None = None
+
+    def admit(self) -> str | None:
+        """Takes a stream place, or says why not ("draining", "loading", "busy")."""
+        if self.draining:
+            return "draining"
+        if not self.ready:
+            return "loading"
+        if self.active >= self.cfg.stream_limit:
+            return "busy"
+        self.active += 1
+        self.idle.clear()
+        self.metrics.active_streams.set(self.active)
+        return None
+
+    def release(self) -> None:
+        self.active -= 1
+        self.metrics.active_streams.set(self.active)
+        if self.active == 0:
+            self.idle.set()
+
+    def authorized(self, request: web.Request) -> bool:
+        if not self.cfg.api_key:
+            return True
+        given = request.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {self.cfg.api_key}".encode())
+
+
+STATE = web.AppKey("state", ServerState)
+LOAD_TASK = web.AppKey("load_task", asyncio.Task)
+
+
+async def start_model(state: ServerState, loaded: LoadedModel | None, snac: SnacModel | None) -> None:
+    """Loads (if not given) and warms up the engine and SNAC, then marks the server ready."""
+    from orpheus_tts.loader import load_engine
+    from orpheus_tts.snac_decoder import load_snac
+
+    cfg = state.cfg
+    if loaded is None:
+        loaded = await asyncio.to_thread(load_engine, cfg)
+    state.loaded = loaded
+    await loaded.engine.start()
+    if snac is None:
+        snac = await asyncio.to_thread(load_snac, loaded.snac_source, cfg)
+    await asyncio.to_thread(snac.warm_up)
+    state.batcher = SnacBatcher(snac.decode_windows, lambda w: w.n_frames, cfg.snac_max_batch,
+                                cfg.snac_batch_timeout_ms, on_call=state.metrics.snac_batch_size.observe)  # fmt: skip
+    state.batcher.start()
+    state.synth = Synthesizer(loaded.engine, loaded.spec, loaded.tokenizer, state.batcher, cfg, state.metrics)
+    state.metrics.track_engine(loaded.engine.load)
+    state.ready = True
+    log.info("ready: %s, %d streams", loaded.description, cfg.stream_limit)
+
+
+# -- WebSocket -----------------------------------------------------------------------------------------------
+
+
+class WsSession:
+    """One socket: a reader (this handler's task) queues jobs; a worker answers them in order."""
+
+    def __init__(self, state: ServerState, ws: web.WebSocketResponse) -> None:
+        self.state, self.ws = state, ws
+        self.jobs: asyncio.Queue[Speak | Problem | None] = asyncio.Queue()  # None: wake up (drain)
+        self.current: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        worker = asyncio.create_task(self._work(), name="ws-worker")
+        try:
+            await self._read()
+        finally:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+
+    async def _read(self) -> None:
+        while True:
+            msg = await self.ws.receive()
+            if msg.type == WSMsgType.TEXT:
+                job = parse_message(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                job = Problem("unexpected_binary", "send requests as JSON text messages, not binary")
+            else:  # CLOSE / CLOSING / CLOSED / ERROR (aiohttp already closed a too-big message with 1009)
+                return
+            if isinstance(job, Cancel):
+                await self._cancel()
+            elif isinstance(job, Speak) and self.state.draining:
+                self.jobs.put_nowait(Problem("draining", "the server is shutting down; reconnect"))
+            elif isinstance(job, Speak) and self.jobs.qsize() >= MAX_PENDING:
+                self.jobs.put_nowait(Problem("too_many_pending", f"more than {MAX_PENDING} queued utterances"))
+            else:
+                self.jobs.put_nowait(job)
+
+    async def _work(self) -> None:
+        try:
+            while not self.ws.closed:
+                if self.state.draining and self.jobs.empty():
+                    await self.ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
+                    return
+                job = await self.jobs.get()
+                if job is None:
+                    continue
+                self.current = asyncio.create_task(self._answer(job))
+                await asyncio.wait([self.current])  # returns (without raising) also when a cancel stopped it
+                task, self.current = self.current, None
+                if not task.cancelled() and task.exception() is not None:
+                    await self._internal_error(task.exception())
+                    return
+        finally:
+            if self.current is not None:
+                self.current.cancel()
+                await asyncio.gather(self.current, return_exceptions=True)
+
+    async def _cancel(self) -> None:
+        while not self.jobs.empty():
+            self.jobs.get_nowait()
+        if self.current is not None:
+            self.current.cancel()
+            await asyncio.wait([self.current])
+        # After the stopped utterance's last byte: the client may discard everything up to here.
+        await self._send_json({"type": "cancelled"})
+        if self.state.draining:
+            self.jobs.put_nowait(None)
+
+    async def _answer(self, job: Speak | Problem) -> None:
+        try:
+            if isinstance(job, Problem):
+                await self._error(job.code, job.message)
+            else:
+                await self._speak(job)
+        except ConnectionError:
+            pass  # the peer is gone; the reader sees the close and ends the session
+
+    async def _speak(self, job: Speak) -> None:
+        synth = self.state.synth
+        assert synth is not None
+        try:
+            params = sampling_params(self.state.cfg, job.sampling)
+            prompts = synth.prompts(job.text, job.voice or synth.spec.default_voice)
+        except SynthesisError as e:
+            if e.code == "unknown_voice":
+                self.state.metrics.errors.labels(e.code).inc()
+                await self.ws.close(code=CLOSE_POLICY, message=_reason(str(e)))
+                return
+            await self._error(e.code, str(e))
+            return
+        try:
+            async with contextlib.aclosing(synth.stream(prompts, params)) as audio:
+                async for pcm in audio:
+                    await self.ws.send_bytes(pcm)
+            await self.ws.send_bytes(END_OF_UTTERANCE)
+        except SynthesisError as e:
+            log.warning("utterance failed: %s", e)
+            await self._error(e.code, str(e))
+            await self.ws.close(code=CLOSE_INTERNAL, message=_reason(str(e)))
+
+    async def _internal_error(self, exc: BaseException) -> None:
+        """A bug, not bad input: log it, tell the client, close 1011; the server goes on."""
+        log.error("WebSocket session failed", exc_info=exc)
+        await self._error("internal", "internal server error")
+        with contextlib.suppress(ConnectionError):
+            await self.ws.close(code=CLOSE_INTERNAL, message=b"internal server error")
+
+    async def _error(self, code: str, message: str) -> None:
+        self.state.metrics.errors.labels(code).inc()
+        await self._send_json(error_message(code, message))
+
+    async def _send_json(self, obj: dict[str, Any]) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.ws.send_str(json.dumps(obj))
+
+
+def _reason(text: str) -> bytes:
+    return text.encode()[:120]  # a close reason must fit in a control frame (123 bytes)
+
+
+async def ws_tts(request: web.Request) -> web.WebSocketResponse:
+    state = request.app[STATE]
+    ws = web.WebSocketResponse(max_msg_size=state.cfg.max_message_bytes, heartbeat=HEARTBEAT_S, compress=False)
+    await ws.prepare(request)
+    if not state.authorized(request):
+        state.metrics.errors.labels("unauthorized").inc()
+        await ws.close(code=CLOSE_POLICY, message=b"unauthorized: send Authorization: Bearer <api key>")
+        return ws
+    refusal = state.admit()
+    if refusal is not None:
+        state.metrics.rejected.labels(refusal).inc()
+        await ws.close(code=CLOSE_BUSY, message=refusal.encode())
+        return ws
+    session = WsSession(state, ws)
+    state.sessions.add(session)
+    try:
+        await session.run()
+    finally:
+        state.sessions.discard(session)
+        state.release()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+# -- HTTP ----------------------------------------------------------------------------------------------------
+
+
+def json_error(status: int, code: str, message: str, kind: str = "invalid_request_error",
+               headers: dict[str, str] | None = None) -> web.Response:  # fmt: skip
+    return web.json_response({"error": {"message": message, "type": kind, "code": code}}, status=status,
+                             headers=headers)  # fmt: skip
+
+
+def parse_speech_body(body: Any) -> tuple[str, str | None, str, dict[str, Any]] | Problem:
+    """OpenAI's /v1/audio/speech body -> (text, voice, format, sampling) or the problem with it."""
+    if not isinstance(body, dict):
+        return Problem("invalid_request", "body must be a JSON object")
+    text, voice = body.get("input"), body.get("voice")
+    if not isinstance(text, str):
+        return Problem("invalid_request", '"input" must be a string')
+    if voice is not None and not isinstance(voice, str):
+        return Problem("invalid_request", '"voice" must be a string')
+    fmt = body.get("response_format", "wav")
+    if fmt not in ("wav", "pcm"):
+        return Problem("unsupported_format", f"response_format {fmt!r} is not supported: use 'wav' or 'pcm'")
+    speed = body.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or speed != 1.0:
+        return Problem("unsupported_speed", "only speed 1.0 is supported (Orpheus speaks at its own pace)")
+    if body.get("stream_format", "audio") != "audio":
+        return Problem("unsupported_stream_format", "only stream_format 'audio' is supported")
+    return text, voice, fmt, {k: body[k] for k in SAMPLING_FIELDS if k in body}
+
+
+async def speech(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    if not state.authorized(request):
+        return json_error(401, "invalid_api_key", "send Authorization: Bearer <api key>", "authentication_error")
+    try:
+        body = await request.json()
+    except web.HTTPRequestEntityTooLarge:
+        return json_error(413, "too_large", f"body larger than {state.cfg.max_message_bytes} bytes")
+    except ValueError:
+        return json_error(400, "invalid_json", "body is not valid JSON")
+    parsed = parse_speech_body(body)
+    if isinstance(parsed, Problem):
+        state.metrics.errors.labels(parsed.code).inc()
+        return json_error(400, parsed.code, parsed.message)
+    text, voice, fmt, sampling = parsed
+    refusal = state.admit()
+    if refusal is not None:
+        state.metrics.rejected.labels(refusal).inc()
+        return json_error(503, refusal, f"server {refusal}, retry later", "server_error",
+                          headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+    try:
+        return await _stream_speech(request, state, text, voice, fmt, sampling)
+    except Exception:  # a bug before any audio was sent: still a JSON answer
+        log.exception("speech request failed")
+        state.metrics.errors.labels("internal").inc()
+        return json_error(500, "internal", "internal server error", "server_error")
+    finally:
+        state.release()
+
+
+async def _stream_speech(request: web.Request, state: ServerState, text: str, voice: str | None, fmt: str,
+                         sampling: dict[str, Any]) -> web.StreamResponse:  # fmt: skip
+    synth = state.synth
+    assert synth is not None
+    try:
+        params = sampling_params(state.cfg, sampling)
+        prompts = synth.prompts(text, voice or synth.spec.default_voice)
+    except SynthesisError as e:
+        state.metrics.errors.labels(e.code).inc()
+        return json_error(400, e.code, str(e))
+    resp = web.StreamResponse(headers={"Content-Type": "audio/wav" if fmt == "wav" else "audio/pcm",
+                                       "X-Sample-Rate": "24000"})  # fmt: skip
+    await resp.prepare(request)
+    try:
+        if fmt == "wav":
+            await resp.write(wav_header())
+        async with contextlib.aclosing(synth.stream(prompts, params)) as audio:
+            async for pcm in audio:
+                await resp.write(pcm)
+        await resp.write_eof()
+    except ConnectionError:
+        pass  # client gone: leaving the loop closed the stream and freed the engine slot
+    except Exception as e:
+        # Headers are out; the only honest signal left is an incomplete (unterminated chunked) body.
+        log.warning("speech request failed mid-stream: %s", e, exc_info=not isinstance(e, SynthesisError))
+        state.metrics.errors.labels(getattr(e, "code", "internal")).inc()
+        if request.transport is not None:
+            request.transport.close()
+    return resp
+
+
+# -- probes and app ------------------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.draining:
+        status = "draining"
+    elif state.load_error:
+        status = "failed"
+    elif not state.ready:
+        status = "loading"
+    else:
+        return web.json_response({"status": "ready", "active_streams": state.active,
+                                  "stream_limit": state.cfg.stream_limit})  # fmt: skip
+    return web.json_response({"status": status}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def create_app(cfg: RuntimeConfig, loaded: LoadedModel | None = None, *, snac: SnacModel | None = None,
+               background_load: bool = False) -> web.Application:  # fmt: skip
+    """`loaded`/`snac` None: loaded from cfg. `background_load`: serve probes while loading (`serve`);
+    otherwise the app is ready when startup returns (tests)."""
+    app = web.Application(client_max_size=cfg.max_message_bytes)
+    state = ServerState(cfg, Metrics())
+    state.idle.set()
+    app[STATE] = state
+    app.router.add_get("/ws/tts", ws_tts)
+    app.router.add_post("/v1/audio/speech", speech)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+    async def load() -> None:
+        try:
+            await start_model(state, loaded, snac)
+        except Exception as e:
+            state.load_error = str(e)
+            # Load errors are written for users (what to fix); a traceback only for the unexpected.
+            log.error("cannot serve: %s", e, exc_info=not isinstance(e, (LoadError, EngineError, ConfigError, OSError)))
+            if state.on_fatal is not None:
+                state.on_fatal()
+            if not background_load:
+                raise
+
+    async def on_startup(app: web.Application) -> None:
+        if background_load:
+            app[LOAD_TASK] = asyncio.create_task(load(), name="load-model")
+        else:
+            await load()
+
+    async def on_cleanup(app: web.Application) -> None:
+        if LOAD_TASK in app:
+            app[LOAD_TASK].cancel()
+            await asyncio.gather(app[LOAD_TASK], return_exceptions=True)
+        for session in list(state.sessions):
+            await session.ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
+        if state.batcher is not None:
+            await state.batcher.close()
+        if state.loaded is not None:
+            await state.loaded.engine.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+async def drain(state: ServerState, grace_s: float) -> bool:
+    """Refuse new streams at once, let the admitted ones finish; True if all did within the grace."""
+    state.draining = True
+    for session in list(state.sessions):
+        session.jobs.put_nowait(None)  # idle sockets close now, busy ones after their queued utterances
+    try:
+        await asyncio.wait_for(state.idle.wait(), grace_s)
+        return True
+    except asyncio.TimeoutError:
+        log.warning("drain: %d streams still active after %.0f s; closing them", state.active, grace_s)
+        return False
+
+
+async def serve(cfg: RuntimeConfig) -> int:
+    app = create_app(cfg, background_load=True)
+    state = app[STATE]
+    stop = asyncio.Event()
+    state.on_fatal = stop.set
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    await web.TCPSite(runner, cfg.host, cfg.port).start()
+    log.info("listening on %s:%d", cfg.host, cfg.port)
+    await stop.wait()
+    if state.load_error is None:
+        log.info("draining: up to %.0f s for %d active streams", cfg.drain_grace_s, state.active)
+        await drain(state, cfg.drain_grace_s)
+    await runner.cleanup()
+    return 1 if state.load_error else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orpheus-tts serve", description="Serve Orpheus TTS over HTTP/WebSocket")
+    # Secrets come from the environment only (HF_TOKEN, ORPHEUS_API_KEY): a flag would show them in `ps`.
+    add_cli_flags(parser, [f.name for f in dataclasses.fields(RuntimeConfig) if f.name not in SECRET_FIELDS])
+    args = parser.parse_args(argv)
+    try:
+        cfg = from_args(args)
+    except ConfigError as e:
+        print(f"orpheus-tts serve: {e}", flush=True)
+        return 2
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve(cfg))
