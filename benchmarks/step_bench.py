@@ -72,18 +72,43 @@ def step_time(model: Transformer, sampler: SlotSampler, state: DeviceState, batc
     return do_bench(graph.replay, warmup=50, rep=200, return_mode="median")
 
 
+def profile_step(model: Transformer, sampler: SlotSampler, state: DeviceState, batch: int, top: int = 18) -> list:
+    """Where an (eager) decode step's GPU time goes, by kernel: the graph replays the same kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    slots = torch.arange(batch, device="cuda")
+    for _ in range(3):
+        decode_step(model, sampler, state, slots)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            decode_step(model, sampler, state, slots)
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        device_us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if device_us > 0 and e.count > 0:
+            rows.append({"kernel": e.key[:90], "ms_per_step": device_us / 5 / 1000, "calls_per_step": e.count / 5})
+    rows.sort(key=lambda r: -r["ms_per_step"])
+    print(f"\ndecode step at B={batch}, GPU time by kernel (eager, per step):")
+    for r in rows[:top]:
+        print(f"  {r['ms_per_step']:7.3f} ms  x{r['calls_per_step']:5.0f}  {r['kernel']}")
+    return rows[:top]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--batches", default="1,16,64,128,192,256,320,384")
     ap.add_argument("--mean-len", type=int, default=340)
     ap.add_argument("--max-seq", type=int, default=48 + 1024)
+    ap.add_argument("--profile-batch", type=int, default=256)
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     spec = ModelSpec()
     model = random_model(spec)
     model.set_output_rows(output_rows(spec))
-    rows = []
+    rows, profile_rows = [], []
     with torch.inference_mode():
         floors = {b: linear_only(model, b) for b in batches}
         for attention in ("triton", "sdpa"):
@@ -101,12 +126,15 @@ def main() -> None:
                              "tokens_per_s": b / (ms / 1000), "realtime_streams": streams})  # fmt: skip
                 print(f"{attention:>6} B={b:>3} step {ms:7.2f} ms  linear-only {floors[b]:6.2f} ms  "
                       f"{b / (ms / 1000):8.0f} tok/s  = {streams:6.1f} real-time streams", flush=True)  # fmt: skip
+            if attention == "triton" and args.profile_batch:
+                profile_rows = profile_step(model, sampler, state, args.profile_batch)
             model.k_cache = model.v_cache = None
             del sampler, state
             torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "mean_len": args.mean_len, "rows": rows}, f, indent=2)
+            json.dump({"device": torch.cuda.get_device_name(), "mean_len": args.mean_len, "rows": rows,
+                       "profile_batch": args.profile_batch, "profile": profile_rows}, f, indent=2)  # fmt: skip
 
 
 if __name__ == "__main__":

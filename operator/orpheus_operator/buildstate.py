@@ -31,8 +31,13 @@ EXIT_REASONS: dict[int, str] = {
 }
 JOB_REASONS = {"DeadlineExceeded": "BuildDeadlineExceeded", "BackoffLimitExceeded": "BuildFailed"}
 # Container waiting reasons that mean the build pod cannot start until someone fixes something.
-STUCK_REASONS = {"CreateContainerConfigError", "ErrImagePull", "ImagePullBackOff", "InvalidImageName",
-                 "CreateContainerError"}
+STUCK_REASONS = {
+    "CreateContainerConfigError",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerError",
+}
 MAX_MESSAGE = 400
 
 
@@ -140,12 +145,24 @@ def stuck_pod(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     return None
 
 
+def building(engine_hash: str, attempt: int, job_name: str) -> BuildState:
+    return BuildState(
+        engine_hash,
+        RUNNING,
+        attempt,
+        job_name,
+        "Building",
+        f"job {job_name} is building engine {engine_hash} (attempt {attempt})",
+    )
+
+
 def retry_delay(attempt: int, cfg: OperatorConfig) -> float:
     return min(cfg.build_retry_base_seconds * 2 ** max(attempt - 1, 0), cfg.build_retry_max_seconds)
 
 
-def evaluate(engine_hash: str, job: dict[str, Any] | None, pods: list[dict[str, Any]],
-             cfg: OperatorConfig) -> BuildState:
+def evaluate(
+    engine_hash: str, job: dict[str, Any] | None, pods: list[dict[str, Any]], cfg: OperatorConfig
+) -> BuildState:
     """The state of the build of `engine_hash` given its latest Job (or None) and that Job's pods."""
     if job is None:
         return BuildState(engine_hash, MISSING)
@@ -157,11 +174,11 @@ def evaluate(engine_hash: str, job: dict[str, Any] | None, pods: list[dict[str, 
         stuck = stuck_pod(pods)
         if stuck:
             return BuildState(engine_hash, RUNNING, attempt, name, *stuck)
-        return BuildState(engine_hash, RUNNING, attempt, name, "Building",
-                          f"job {name} is building engine {engine_hash} (attempt {attempt})")
+        return building(engine_hash, attempt, name)
     reason, message = explain_failure(job, pods)
-    failed_at = (parse_time((_condition(job, "Failed") or {}).get("lastTransitionTime"))
-                 or parse_time(job["metadata"].get("creationTimestamp")))
+    failed_at = parse_time((_condition(job, "Failed") or {}).get("lastTransitionTime")) or parse_time(
+        job["metadata"].get("creationTimestamp")
+    )
     retry_at = failed_at + datetime.timedelta(seconds=retry_delay(attempt, cfg)) if failed_at else None
     return BuildState(engine_hash, FAILED, attempt, name, reason, message, retry_at)
 

@@ -63,7 +63,9 @@ def _parse(name: str, raw: str) -> object:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{name}: cannot parse {raw!r}") from None
-    return raw or None if name == "build_image" else raw
+    if name == "build_image":
+        return raw or None  # set but empty (the chart's default) means unset
+    return raw
 
 
 def validate(cfg: OperatorConfig) -> OperatorConfig:
@@ -86,10 +88,20 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> O
 
 
 def add_cli_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--namespace", "-n", dest="namespaces", action="append", default=None,
-                        help="watch this namespace (repeatable, or comma-separated); default: all namespaces")
-    parser.add_argument("--all-namespaces", "-A", action="store_true",
-                        help="watch all namespaces, even if ORPHEUS_OPERATOR_NAMESPACES is set")
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        dest="namespaces",
+        action="append",
+        default=None,
+        help="watch this namespace (repeatable, or comma-separated); default: all namespaces",
+    )
+    parser.add_argument(
+        "--all-namespaces",
+        "-A",
+        action="store_true",
+        help="watch all namespaces, even if ORPHEUS_OPERATOR_NAMESPACES is set",
+    )
     parser.add_argument("--health-port", type=int, default=None, help="liveness endpoint port (default 8080)")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING... (default INFO)")
     parser.add_argument("--runtime-image", default=None)

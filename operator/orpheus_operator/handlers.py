@@ -65,6 +65,5 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> Reconciler
             await reconciler.reconcile(namespace, owner)
 
     kopf.on.event("batch", "v1", "jobs", id="job_event", labels=MANAGED, registry=registry)(child_event)
-    kopf.on.event("apps", "v1", "deployments", id="deployment_event", labels=MANAGED,
-                  registry=registry)(child_event)
+    kopf.on.event("apps", "v1", "deployments", id="deployment_event", labels=MANAGED, registry=registry)(child_event)
     return reconciler

@@ -45,10 +45,10 @@ def build_spec(spec: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
     }
 
 
-def engine_hash(build: dict[str, Any]) -> str:
-    canonical = json.dumps(build, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]
-
-
 def dumps(build: dict[str, Any]) -> str:
+    """Canonical JSON: the hash input, and the annotation a Deployment keeps of the engine it serves."""
     return json.dumps(build, sort_keys=True, separators=(",", ":"))
+
+
+def engine_hash(build: dict[str, Any]) -> str:
+    return hashlib.sha256(dumps(build).encode()).hexdigest()[:HASH_LENGTH]

@@ -39,8 +39,9 @@ class ApiError(Exception):
         self.status, self.reason, self.message = status, reason, message
 
 
-def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None,
-                  subresource: str | None = None) -> str:
+def resource_path(
+    api_version: str, kind: str, namespace: str, name: str | None = None, subresource: str | None = None
+) -> str:
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     path = f"{base}/namespaces/{quote(namespace)}/{PLURALS[kind]}"
     if name:
@@ -74,22 +75,33 @@ class KubeApi:
         conn = self._login()
         self._server = conn.server.rstrip("/")
         headers = {**conn.as_http_headers(), "User-Agent": crd.FIELD_MANAGER}
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=conn.as_ssl_context()), headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=30))
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=conn.as_ssl_context()),
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def request(self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
-                      params: dict[str, str] | None = None) -> dict[str, Any]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         data = json.dumps(body) if body is not None else None
         for attempt in (1, 2):
             if self._session is None:
                 self._session = self._open()
-            async with self._session.request(method, self._server + path, data=data, params=params,
-                                             headers={"Content-Type": content_type}) as resp:
+            async with self._session.request(
+                method, self._server + path, data=data, params=params, headers={"Content-Type": content_type}
+            ) as resp:
                 text = await resp.text()
                 if resp.status == 401 and attempt == 1:
                     # Service account tokens rotate: log in again (re-reading the token) once.
@@ -114,31 +126,47 @@ class KubeApi:
 
     async def list(self, api_version: str, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        result = await self.request("GET", resource_path(api_version, kind, namespace),
-                                    params={"labelSelector": selector})
+        result = await self.request(
+            "GET", resource_path(api_version, kind, namespace), params={"labelSelector": selector}
+        )
         return result.get("items") or []
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply: the fields in `obj` become the operator's; fields it no longer sends are removed."""
-        return await self.request("PATCH", object_path(obj), body=obj, content_type="application/apply-patch+yaml",
-                                  params={"fieldManager": crd.FIELD_MANAGER, "force": "true"})
+        return await self.request(
+            "PATCH",
+            object_path(obj),
+            body=obj,
+            content_type="application/apply-patch+yaml",
+            params={"fieldManager": crd.FIELD_MANAGER, "force": "true"},
+        )
 
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
-        return await self.request("POST", resource_path(obj["apiVersion"], obj["kind"], meta["namespace"]), body=obj,
-                                  params={"fieldManager": crd.FIELD_MANAGER})
+        return await self.request(
+            "POST",
+            resource_path(obj["apiVersion"], obj["kind"], meta["namespace"]),
+            body=obj,
+            params={"fieldManager": crd.FIELD_MANAGER},
+        )
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         try:
-            await self.request("DELETE", resource_path(api_version, kind, namespace, name),
-                               body={"propagationPolicy": "Background"})
+            await self.request(
+                "DELETE", resource_path(api_version, kind, namespace, name), body={"propagationPolicy": "Background"}
+            )
             return True
         except ApiError as e:
             if e.status == 404:
                 return False
             raise
 
-    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
-                           status: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("PATCH", resource_path(api_version, kind, namespace, name, "status"),
-                                  body={"status": status}, content_type="application/merge-patch+json")
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await self.request(
+            "PATCH",
+            resource_path(api_version, kind, namespace, name, "status"),
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )

@@ -28,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     registry = kopf.OperatorRegistry()
     handlers.register(registry, cfg)
     logging.getLogger(__name__).info(
-        "watching %s; runtime image %s", "all namespaces" if cfg.clusterwide else ",".join(cfg.namespaces),
-        cfg.runtime_image)
+        "watching %s; runtime image %s",
+        "all namespaces" if cfg.clusterwide else ",".join(cfg.namespaces),
+        cfg.runtime_image,
+    )
     kopf.run(
         registry=registry,
         standalone=True,

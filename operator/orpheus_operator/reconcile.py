@@ -44,6 +44,12 @@ def rejected(exc: ApiError, what: str) -> tuple[str, str]:
     return "ChildRejected", f"{what}: {exc.message}"
 
 
+def retryable(exc: ApiError) -> bool:
+    """Transient, or the operator's own misconfiguration (RBAC): raised for kopf to log and retry, not put in
+    the resource's status."""
+    return exc.status >= 500 or exc.status in (401, 403, 409, 429)
+
+
 class Reconciler:
     def __init__(self, api: KubeApi, cfg: OperatorConfig) -> None:
         self.api = api
@@ -80,13 +86,19 @@ class Reconciler:
         try:
             return await self.api.apply(obj)
         except ApiError as e:
-            if e.status >= 500 or e.status in (401, 403, 409, 429):
-                raise  # transient or our own misconfiguration: let kopf log it and retry
+            if retryable(e):
+                raise
             errors.append(rejected(e, f"{obj['kind']} {obj['metadata']['name']}"))
             return None
 
-    async def _apply_or_delete(self, obj: dict[str, Any] | None, api_version: str, kind: str, body: dict[str, Any],
-                               errors: list[tuple[str, str]]) -> None:
+    async def _apply_or_delete(
+        self,
+        obj: dict[str, Any] | None,
+        api_version: str,
+        kind: str,
+        body: dict[str, Any],
+        errors: list[tuple[str, str]],
+    ) -> None:
         if obj is not None:
             await self._apply(obj, errors)
             return
@@ -96,8 +108,14 @@ class Reconciler:
         if any(o.get("uid") == meta["uid"] for o in owners):  # never delete what someone else made
             await self.api.delete(api_version, kind, meta["namespace"], meta["name"])
 
-    async def _build(self, body: dict[str, Any], build: dict[str, Any], engine_hash: str,
-                     jobs: list[dict[str, Any]], errors: list[tuple[str, str]]) -> BuildState:
+    async def _build(
+        self,
+        body: dict[str, Any],
+        build: dict[str, Any],
+        engine_hash: str,
+        jobs: list[dict[str, Any]],
+        errors: list[tuple[str, str]],
+    ) -> BuildState:
         ns = body["metadata"]["namespace"]
         job = buildstate.latest_job(jobs, engine_hash)
         pods: list[dict[str, Any]] = []
@@ -110,17 +128,20 @@ class Reconciler:
             try:
                 await self.api.create(new)
             except ApiError as e:
-                if e.status != 409:  # 409: created by a previous pass whose list did not see it yet
-                    if e.status >= 500 or e.status in (401, 403, 429):
+                # 409: created by a previous pass whose list did not see it yet.
+                if e.status != 409:
+                    if retryable(e):
                         raise
                     errors.append(rejected(e, f"Job {new['metadata']['name']}"))
                     return state
-            kopf.info(body, reason="BuildStarted", message=f"job {new['metadata']['name']} builds engine {engine_hash}"
-                      + (f" (retry after: {state.message})" if state.outcome == buildstate.FAILED else ""))
+            kopf.info(
+                body,
+                reason="BuildStarted",
+                message=f"job {new['metadata']['name']} builds engine {engine_hash}"
+                + (f" (retry after: {state.message})" if state.outcome == buildstate.FAILED else ""),
+            )
             jobs.append(new)
-            return BuildState(engine_hash, buildstate.RUNNING, state.attempt + 1, new["metadata"]["name"], "Building",
-                              f"job {new['metadata']['name']} is building engine {engine_hash} "
-                              f"(attempt {state.attempt + 1})")
+            return buildstate.building(engine_hash, state.attempt + 1, new["metadata"]["name"])
         return state
 
     async def _reconcile(self, body: dict[str, Any]) -> None:
@@ -131,14 +152,15 @@ class Reconciler:
         errors: list[tuple[str, str]] = []
 
         await self._apply(render.render_pvc(body), errors)
-        jobs = await self.api.list("batch/v1", "Job", ns, {crd.INSTANCE_LABEL: name,
-                                                           crd.COMPONENT_LABEL: crd.ENGINE_BUILD})
+        jobs = await self.api.list(
+            "batch/v1", "Job", ns, {crd.INSTANCE_LABEL: name, crd.COMPONENT_LABEL: crd.ENGINE_BUILD}
+        )
         state = await self._build(body, build, engine_hash, jobs, errors)
 
         deployment = await self.api.get("apps/v1", "Deployment", ns, name)
-        served = (engine_hash, build) if state.outcome == buildstate.SUCCEEDED else served_engine(deployment)
+        before = served_engine(deployment)
+        served = (engine_hash, build) if state.outcome == buildstate.SUCCEEDED else before
         if served is not None:
-            before = served_engine(deployment)
             applied = await self._apply(render.render_deployment(body, self.cfg, served[1], served[0]), errors)
             deployment = applied or deployment
             if before is None or before[0] != served[0]:
@@ -146,8 +168,9 @@ class Reconciler:
             await self._apply(render.render_service(body), errors)
             await self._apply(render.render_pdb(body), errors)
             await self._apply_or_delete(render.render_ingress(body), "networking.k8s.io/v1", "Ingress", body, errors)
-            await self._apply_or_delete(render.render_hpa(body), "autoscaling/v2", "HorizontalPodAutoscaler",
-                                        body, errors)
+            await self._apply_or_delete(
+                render.render_hpa(body), "autoscaling/v2", "HorizontalPodAutoscaler", body, errors
+            )
 
         keep = {engine_hash: state.attempt}
         if served is not None and served[0] != engine_hash:
@@ -156,14 +179,16 @@ class Reconciler:
         for job in buildstate.stale_jobs(jobs, keep):
             await self.api.delete("batch/v1", "Job", ns, job["metadata"]["name"])
 
-        new_status = status.compute(status.Observation(
-            generation=meta.get("generation", 0),
-            build=state,
-            endpoint=render.endpoint(body),
-            serving_hash=served[0] if served else None,
-            deployment=deployment if served else None,
-            errors=errors,
-        ))
+        new_status = status.compute(
+            status.Observation(
+                generation=meta.get("generation", 0),
+                build=state,
+                endpoint=render.endpoint(body),
+                serving_hash=served[0] if served else None,
+                deployment=deployment if served else None,
+                errors=errors,
+            )
+        )
         old_status = body.get("status") or {}
         if state.outcome == buildstate.FAILED and old_status.get("phase") != "Failed":
             kopf.warn(body, reason=state.reason, message=state.message)

@@ -69,8 +69,10 @@ def _scheduling(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _engine_volumes(body: Body, read_only: bool, shm_size: str) -> list[dict[str, Any]]:
     return [
-        {"name": "engines", "persistentVolumeClaim": {
-            "claimName": crd.pvc_name(body["metadata"]["name"]), "readOnly": read_only}},
+        {
+            "name": "engines",
+            "persistentVolumeClaim": {"claimName": crd.pvc_name(body["metadata"]["name"]), "readOnly": read_only},
+        },
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},
     ]
 
@@ -80,6 +82,11 @@ def _engine_mounts(read_only: bool) -> list[dict[str, Any]]:
         {"name": "engines", "mountPath": crd.ENGINES_MOUNT, "readOnly": read_only},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
+
+
+def _secret_env(name: str, ref: dict[str, str]) -> dict[str, Any]:
+    # The operator never reads Secrets: the kubelet resolves the reference into the container's env.
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref["key"]}}}
 
 
 def engine_dir(engine_hash: str) -> str:
@@ -92,8 +99,9 @@ def engine_dir(engine_hash: str) -> str:
 def render_pvc(body: Body) -> dict[str, Any]:
     storage = body["spec"]["storage"]
     # retainOnDelete: no ownerReference, so the garbage collector leaves the PVC (and its engines) alone.
-    meta = _metadata(body, crd.pvc_name(body["metadata"]["name"]), crd.ENGINE_STORAGE,
-                     owned=not storage["retainOnDelete"])
+    meta = _metadata(
+        body, crd.pvc_name(body["metadata"]["name"]), crd.ENGINE_STORAGE, owned=not storage["retainOnDelete"]
+    )
     spec: dict[str, Any] = {
         "accessModes": [storage["accessMode"]],
         "resources": {"requests": {"storage": storage["size"]}},
@@ -111,16 +119,26 @@ def build_args(build: dict[str, Any], engine_hash: str) -> list[str]:
     out = engine_dir(engine_hash)
     args = [
         "build-engine",
-        "--backend", build["backend"],
-        "--model", build["repo"],
-        "--revision", build["revision"],
-        "--out", out,
-        "--weight-quantization", build["weightQuantization"],
-        "--kv-cache-dtype", build["kvCacheDtype"],
-        "--max-batch-size", str(build["maxBatchSize"]),
-        "--max-input-len", str(build["maxInputLen"]),
-        "--max-output-len", str(build["maxOutputLen"]),
-        "--status-file", f"{out}.status.json",
+        "--backend",
+        build["backend"],
+        "--model",
+        build["repo"],
+        "--revision",
+        build["revision"],
+        "--out",
+        out,
+        "--weight-quantization",
+        build["weightQuantization"],
+        "--kv-cache-dtype",
+        build["kvCacheDtype"],
+        "--max-batch-size",
+        str(build["maxBatchSize"]),
+        "--max-input-len",
+        str(build["maxInputLen"]),
+        "--max-output-len",
+        str(build["maxOutputLen"]),
+        "--status-file",
+        f"{out}.status.json",
         # A retry can start while the previous pod still holds the lock: wait instead of failing with 8.
         "--wait",
     ]
@@ -132,17 +150,19 @@ def build_args(build: dict[str, Any], engine_hash: str) -> list[str]:
 def render_job(body: Body, build: dict[str, Any], engine_hash: str, attempt: int) -> dict[str, Any]:
     spec = body["spec"]
     name = crd.job_name(body["metadata"]["name"], engine_hash, attempt)
-    labels = {**crd.labels(body["metadata"]["name"], crd.ENGINE_BUILD),
-              crd.HASH_LABEL: engine_hash, crd.ATTEMPT_LABEL: str(attempt)}
+    labels = {
+        **crd.labels(body["metadata"]["name"], crd.ENGINE_BUILD),
+        crd.HASH_LABEL: engine_hash,
+        crd.ATTEMPT_LABEL: str(attempt),
+    }
     meta = _metadata(body, name, crd.ENGINE_BUILD, annotations={crd.BUILD_SPEC_ANNOTATION: hashing.dumps(build)})
     meta["labels"] = labels
     env: list[dict[str, Any]] = [
         # The download cache lives on the PVC so that a retried build resumes instead of starting over.
         {"name": "HF_HOME", "value": f"{crd.ENGINES_MOUNT}/.cache/huggingface"},
     ]
-    secret = spec["model"].get("hfTokenSecretRef")
-    if secret:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret["name"], "key": secret["key"]}}})
+    if spec["model"].get("hfTokenSecretRef"):
+        env.append(_secret_env("HF_TOKEN", spec["model"]["hfTokenSecretRef"]))
     container = {
         "name": "build",
         "image": build["image"],
@@ -201,10 +221,8 @@ def runtime_env(spec: dict[str, Any], build: dict[str, Any], engine_hash: str) -
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "TLLM_WORKER_USE_SINGLE_PROCESS", "value": "1"},
     ]
-    secret = runtime.get("apiKeySecretRef")
-    if secret:
-        env.append({"name": "ORPHEUS_API_KEY",
-                    "valueFrom": {"secretKeyRef": {"name": secret["name"], "key": secret["key"]}}})
+    if runtime.get("apiKeySecretRef"):
+        env.append(_secret_env("ORPHEUS_API_KEY", runtime["apiKeySecretRef"]))
     # The user's env wins by name (a duplicate name would be rejected by server-side apply).
     extra = {item["name"]: item for item in runtime.get("env") or []}
     return [item for item in env if item["name"] not in extra] + [copy.deepcopy(v) for v in extra.values()]
@@ -227,10 +245,18 @@ def render_deployment(body: Body, cfg: OperatorConfig, build: dict[str, Any], en
         "volumeMounts": _engine_mounts(read_only=True),
         # Loading an engine takes minutes on first start; liveness only begins after /healthz answered.
         "startupProbe": {"httpGet": {**http, "path": "/healthz"}, "periodSeconds": 10, "failureThreshold": 90},
-        "readinessProbe": {"httpGet": {**http, "path": "/readyz"}, "periodSeconds": 5, "timeoutSeconds": 3,
-                           "failureThreshold": 2},
-        "livenessProbe": {"httpGet": {**http, "path": "/healthz"}, "periodSeconds": 10, "timeoutSeconds": 5,
-                          "failureThreshold": 3},
+        "readinessProbe": {
+            "httpGet": {**http, "path": "/readyz"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {**http, "path": "/healthz"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_SECONDS)]}}},
     }
     grace = PRESTOP_SLEEP_SECONDS + runtime["drainGraceSeconds"] + SHUTDOWN_MARGIN_SECONDS
@@ -238,8 +264,11 @@ def render_deployment(body: Body, cfg: OperatorConfig, build: dict[str, Any], en
     template = {
         "metadata": {
             "labels": {**crd.labels(body["metadata"]["name"], crd.SERVER), crd.HASH_LABEL: engine_hash},
-            "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(crd.HTTP_PORT),
-                            "prometheus.io/path": "/metrics"},
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(crd.HTTP_PORT),
+                "prometheus.io/path": "/metrics",
+            },
         },
         "spec": {
             **_scheduling(spec),
@@ -261,8 +290,9 @@ def render_deployment(body: Body, cfg: OperatorConfig, build: dict[str, Any], en
     }
     if not spec["autoscaling"]["enabled"]:
         dep_spec["replicas"] = runtime["replicas"]  # else the HPA owns the count
-    meta = _metadata(body, body["metadata"]["name"], crd.SERVER,
-                     annotations={crd.BUILD_SPEC_ANNOTATION: hashing.dumps(build)})
+    meta = _metadata(
+        body, body["metadata"]["name"], crd.SERVER, annotations={crd.BUILD_SPEC_ANNOTATION: hashing.dumps(build)}
+    )
     meta["labels"][crd.HASH_LABEL] = engine_hash
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": dep_spec}
 
@@ -295,18 +325,31 @@ def render_ingress(body: Body) -> dict[str, Any] | None:
         **(ingress.get("annotations") or {}),
     }
     spec: dict[str, Any] = {
-        "rules": [{"host": ingress["host"], "http": {"paths": [{
-            "path": ingress["path"],
-            "pathType": "Prefix",
-            "backend": {"service": {"name": name, "port": {"name": "http"}}},
-        }]}}],
+        "rules": [
+            {
+                "host": ingress["host"],
+                "http": {
+                    "paths": [
+                        {
+                            "path": ingress["path"],
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": name, "port": {"name": "http"}}},
+                        }
+                    ]
+                },
+            }
+        ],
     }
     if ingress.get("className"):
         spec["ingressClassName"] = ingress["className"]
     if ingress["tls"]["enabled"]:
         spec["tls"] = [{"hosts": [ingress["host"]], "secretName": ingress["tls"].get("secretName") or f"{name}-tls"}]
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-            "metadata": _metadata(body, name, crd.SERVER, annotations=annotations), "spec": spec}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": _metadata(body, name, crd.SERVER, annotations=annotations),
+        "spec": spec,
+    }
 
 
 def render_hpa(body: Body) -> dict[str, Any] | None:
@@ -325,10 +368,15 @@ def render_hpa(body: Body) -> dict[str, Any] | None:
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
             "minReplicas": scaling["minReplicas"],
             "maxReplicas": scaling["maxReplicas"],
-            "metrics": [{"type": "Pods", "pods": {
-                "metric": {"name": crd.ACTIVE_STREAMS_METRIC},
-                "target": {"type": "AverageValue", "averageValue": str(scaling["targetActiveStreamsPerPod"])},
-            }}],
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": crd.ACTIVE_STREAMS_METRIC},
+                        "target": {"type": "AverageValue", "averageValue": str(scaling["targetActiveStreamsPerPod"])},
+                    },
+                }
+            ],
         },
     }
 

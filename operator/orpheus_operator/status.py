@@ -107,8 +107,9 @@ def compute(obs: Observation) -> dict[str, Any]:
     if roll is None:
         available = _cond("Available", False, "NoEngine", "waiting for the first engine build")
     elif roll.available:
-        available = _cond("Available", True, "MinimumReplicasAvailable",
-                          f"{roll.ready} pods ready, serving engine {obs.serving_hash}")
+        available = _cond(
+            "Available", True, "MinimumReplicasAvailable", f"{roll.ready} pods ready, serving engine {obs.serving_hash}"
+        )
     else:
         available = _cond("Available", False, "Unavailable", roll.message)
     conditions = [
@@ -131,24 +132,29 @@ def compute(obs: Observation) -> dict[str, Any]:
     }
 
 
-def merge_conditions(old: list[dict[str, Any]], new: list[dict[str, Any]], now: datetime.datetime,
-                     generation: int) -> list[dict[str, Any]]:
+def merge_conditions(
+    old: list[dict[str, Any]], new: list[dict[str, Any]], now: datetime.datetime, generation: int
+) -> list[dict[str, Any]]:
     """lastTransitionTime changes only when a condition's status does: an unchanged status is not rewritten."""
     previous = {c.get("type"): c for c in old or []}
     out = []
     for cond in new:
         before = previous.get(cond["type"], {})
         changed = before.get("status") != cond["status"]
-        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ") if changed or "lastTransitionTime" not in before \
+        stamp = (
+            now.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if changed or "lastTransitionTime" not in before
             else before["lastTransitionTime"]
+        )
         out.append({**cond, "lastTransitionTime": stamp, "observedGeneration": generation})
     return out
 
 
 def with_times(old_status: dict[str, Any], new_status: dict[str, Any], now: datetime.datetime) -> dict[str, Any]:
     merged = dict(new_status)
-    merged["conditions"] = merge_conditions(old_status.get("conditions") or [], new_status["conditions"], now,
-                                            new_status["observedGeneration"])
+    merged["conditions"] = merge_conditions(
+        old_status.get("conditions") or [], new_status["conditions"], now, new_status["observedGeneration"]
+    )
     return merged
 
 

@@ -111,18 +111,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help=f"hub repo id, local HF directory, or {TINY_RANDOM}")
     p.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
     p.add_argument("--out", required=True, type=pathlib.Path, help="engine directory to create")
-    p.add_argument("--weight-quantization", choices=["int4_awq", "int8", "none"], default=None,
-                   help="default: int4_awq for trtllm, none for torch")
-    p.add_argument("--kv-cache-dtype", choices=["int8", "auto"], default=None,
-                   help="default: int8 for trtllm, auto for torch")
+    p.add_argument(
+        "--weight-quantization",
+        choices=["int4_awq", "int8", "none"],
+        default=None,
+        help="default: int4_awq for trtllm, none for torch",
+    )
+    p.add_argument(
+        "--kv-cache-dtype", choices=["int8", "auto"], default=None, help="default: int8 for trtllm, auto for torch"
+    )
     p.add_argument("--max-batch-size", type=int, default=20)
     p.add_argument("--max-input-len", type=int, default=48)
     p.add_argument("--max-output-len", type=int, default=1024)
     p.add_argument("--status-file", type=pathlib.Path, default=None)
-    p.add_argument("--calib-dir", type=pathlib.Path, default=None,
-                   help="local calibration dataset (train split, text column) for AWQ / INT8 KV")
-    p.add_argument("--wait", action="store_true",
-                   help="wait for another build holding the lock instead of exiting with 8")
+    p.add_argument(
+        "--calib-dir",
+        type=pathlib.Path,
+        default=None,
+        help="local calibration dataset (train split, text column) for AWQ / INT8 KV",
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="wait for another build holding the lock instead of exiting with 8"
+    )
     return p
 
 
@@ -153,8 +163,9 @@ def validate(o: BuildOptions) -> None:
         if getattr(o, name) <= 0:
             raise BuildError(f"--{name.replace('_', '-')} must be positive", EXIT_USAGE)
     if o.backend == "torch" and o.weight_quantization == "int4_awq":
-        raise BuildError("--weight-quantization int4_awq needs --backend trtllm (torch supports none, int8)",
-                         EXIT_USAGE)
+        raise BuildError(
+            "--weight-quantization int4_awq needs --backend trtllm (torch supports none, int8)", EXIT_USAGE
+        )
     if o.backend == "torch" and o.kv_cache_dtype != "auto":
         raise BuildError("--kv-cache-dtype int8 needs --backend trtllm", EXIT_USAGE)
     if o.calib_dir is not None and not o.calib_dir.is_dir():
@@ -196,20 +207,10 @@ class Reporter:
             return
         body = {"phase": phase, "progress": round(progress, 3), "message": message, "exit_code": exit_code}
         try:
-            write_atomically(self.status_file, json.dumps(body) + "\n")
+            mf.write_atomically(self.status_file, json.dumps(body) + "\n")
         except OSError as e:
             # The build itself may still succeed; the exit code and stderr still tell the outcome.
             print(f"build-engine: cannot write status file {self.status_file}: {e}", file=sys.stderr)
-
-
-def write_atomically(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---- lock -------------------------------------------------------------------------------------------
@@ -226,8 +227,8 @@ def build_lock(out: pathlib.Path, wait: bool) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise BuildError(
-                f"another build of {out} is running (lock {out.name}.lock held); "
-                "retry later or pass --wait", EXIT_LOCKED,
+                f"another build of {out} is running (lock {out.name}.lock held); retry later or pass --wait",
+                EXIT_LOCKED,
             ) from None
         yield
     finally:
@@ -244,7 +245,8 @@ def check_trtllm_preconditions(o: BuildOptions) -> tuple[str, str]:
     if importlib.util.find_spec("tensorrt_llm") is None:
         raise BuildError(
             "TensorRT-LLM is not installed in this image: the trtllm backend must be built with the "
-            "TensorRT-LLM runtime image (nvcr.io/nvidia/tensorrt-llm/release 1.2.x based)", EXIT_NO_TRTLLM,
+            "TensorRT-LLM runtime image (nvcr.io/nvidia/tensorrt-llm/release 1.2.x based)",
+            EXIT_NO_TRTLLM,
         )
     name, arch = mf.probe_gpu()
     if name is None or arch is None:
@@ -254,7 +256,8 @@ def check_trtllm_preconditions(o: BuildOptions) -> tuple[str, str]:
         raise BuildError(
             f"GPU {name} ({arch}) does not support --weight-quantization {o.weight_quantization} "
             f"--kv-cache-dtype {o.kv_cache_dtype}: INT4-AWQ and INT8 KV need sm_80 or newer "
-            "(A100, L4, H100...)", EXIT_GPU_UNSUPPORTED,
+            "(A100, L4, H100...)",
+            EXIT_GPU_UNSUPPORTED,
         )
     return name, arch
 
@@ -301,8 +304,9 @@ def resolve(repo: str, revision: str | None, o: BuildOptions, patterns: list[str
     # copied, and a rebuild with other settings does not download again.
     cache = o.out.parent / ".hf-cache"
     try:
-        return hub.resolve_model(repo, revision, o.token, allow_patterns=patterns, offline=o.offline,
-                                 cache_dir=str(cache))
+        return hub.resolve_model(
+            repo, revision, o.token, allow_patterns=patterns, offline=o.offline, cache_dir=str(cache)
+        )
     except hub.HubError as e:
         # hub.py's messages already say what to do (gated licence, missing HF_TOKEN, unknown revision...).
         raise BuildError(str(e), HUB_EXIT_CODES.get(e.kind, EXIT_FAILED)) from None
@@ -332,8 +336,9 @@ def copy_matching(src: pathlib.Path, dst: pathlib.Path, patterns: list[str]) -> 
     Files from the hub cache are hard-linked (its blobs are immutable and on the same volume); files
     of a user's local directory are copied, so that editing them later cannot change a built engine."""
     link = resolved_commit(src) is not None
-    names = sorted(p.name for p in src.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pat)
-                                                                         for pat in patterns))
+    names = sorted(
+        p.name for p in src.iterdir() if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)
+    )
     for name in names:
         link_or_copy(src / name, dst / name, link)
     return names
@@ -495,8 +500,11 @@ def check_replaceable(out: pathlib.Path) -> None:
     if out.is_symlink() or out.is_file():
         raise BuildError(f"--out {out} exists and is not a directory", EXIT_USAGE)
     if out.is_dir() and any(out.iterdir()) and not (out / mf.MANIFEST_NAME).exists():
-        raise BuildError(f"refusing to replace {out}: it is not empty and holds no {mf.MANIFEST_NAME} "
-                         "(not an engine directory); choose another --out or remove it", EXIT_USAGE)
+        raise BuildError(
+            f"refusing to replace {out}: it is not empty and holds no {mf.MANIFEST_NAME} "
+            "(not an engine directory); choose another --out or remove it",
+            EXIT_USAGE,
+        )
 
 
 def build(o: BuildOptions, report: Reporter, plan: mf.Manifest) -> None:

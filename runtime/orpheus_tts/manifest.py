@@ -127,9 +127,7 @@ def check_compatible(m: Manifest, env: Environment, backend: str | None = None) 
     if m.backend not in BACKENDS:
         problems.append(f"unknown backend {m.backend!r} in manifest (known: {', '.join(BACKENDS)})")
     elif backend is not None and backend != m.backend:
-        problems.append(
-            f"engine was built for backend {m.backend!r} but the server is configured for {backend!r}"
-        )
+        problems.append(f"engine was built for backend {m.backend!r} but the server is configured for {backend!r}")
     for tool in BOUND_TOOLS.get(m.backend, ()):
         built, running = m.tools.get(tool), env.tools.get(tool)
         if running is None:
@@ -171,15 +169,19 @@ def list_files(root: pathlib.Path) -> list[FileEntry]:
     return entries
 
 
-def write(m: Manifest, engine_dir: pathlib.Path) -> None:
-    """Atomically (temp file + fsync + rename): a reader sees no manifest or a whole one."""
-    target = pathlib.Path(engine_dir) / MANIFEST_NAME
-    tmp = target.with_suffix(".json.tmp")
+def write_atomically(path: pathlib.Path, text: str) -> None:
+    """Temp file + fsync + rename: a reader sees the old file (or none) or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
-        f.write(m.to_json())
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, target)
+    os.replace(tmp, path)
+
+
+def write(m: Manifest, engine_dir: pathlib.Path) -> None:
+    write_atomically(pathlib.Path(engine_dir) / MANIFEST_NAME, m.to_json())
 
 
 def read(engine_dir: pathlib.Path) -> Manifest:
@@ -278,14 +280,10 @@ def load_for_serving(
     """
     root = pathlib.Path(engine_dir)
     if not root.is_dir():
-        raise ManifestError(
-            f"engine directory {root} does not exist; build it with `orpheus-tts build-engine`"
-        )
+        raise ManifestError(f"engine directory {root} does not exist; build it with `orpheus-tts build-engine`")
     m = read(root)
     if damaged := missing_or_changed(m, root, verify_hashes):
-        raise ManifestError(
-            f"engine directory {root} is incomplete or damaged: {'; '.join(damaged)}; rebuild it"
-        )
+        raise ManifestError(f"engine directory {root} is incomplete or damaged: {'; '.join(damaged)}; rebuild it")
     env = probe_environment(m.backend) if env is None else env
     if problems := check_compatible(m, env, backend):
         raise ManifestError(f"engine {root} cannot be served here: {'; '.join(problems)}")

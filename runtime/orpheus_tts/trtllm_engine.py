@@ -41,8 +41,7 @@ class TrtllmEngine:
     def _check_limits(self) -> None:
         """The engine's limits are baked in at build time: configured limits above them would fail
         requests later (or be clamped silently by the library), so refuse them at startup."""
-        path = self._dir / manifest.MANIFEST_NAME
-        if not path.exists():
+        if not (self._dir / manifest.MANIFEST_NAME).exists():
             return
         built = manifest.read(self._dir)
         over = [
@@ -66,26 +65,27 @@ class TrtllmEngine:
         except ImportError as e:
             raise EngineError(f"TensorRT-LLM is not installed ({e}); use the TensorRT-LLM image", "startup") from e
         model_dir = self._dir / "model"
-        tokenizer = {"tokenizer": str(model_dir)} if (model_dir / "tokenizer.json").exists() else \
-            {"skip_tokenizer_init": True}
+        tokenizer = (
+            {"tokenizer": str(model_dir)} if (model_dir / "tokenizer.json").exists() else {"skip_tokenizer_init": True}
+        )
         # Constructed on the event loop's thread on purpose: the executor may install signal handlers
         # and bind to the loop, which must not happen on a worker thread. It is a one-off at startup.
         self._llm = LLM(
             model=str(self._dir / "engine"),
             **tokenizer,
             # INT8 KV turns paged-context FMHA off, which block reuse and chunked prefill depend on.
-            kv_cache_config=KvCacheConfig(free_gpu_memory_fraction=self._cfg.kv_free_gpu_frac,
-                                          enable_block_reuse=False),
+            kv_cache_config=KvCacheConfig(
+                free_gpu_memory_fraction=self._cfg.kv_free_gpu_frac, enable_block_reuse=False
+            ),
             enable_chunked_prefill=False,
         )
         self._sampling_params_cls = TrtSamplingParams
 
-    def _sampling_params(self, p: SamplingParams) -> Any:
-        stop_ids = list(self._spec.stop_ids)
+    def _sampling_params(self, p: SamplingParams, max_tokens: int) -> Any:
         return self._sampling_params_cls(
-            max_tokens=min(p.max_tokens, self._cfg.max_output_len),
+            max_tokens=max_tokens,
             end_id=self._spec.end_of_speech,
-            stop_token_ids=stop_ids,
+            stop_token_ids=list(self._spec.stop_ids),
             temperature=p.temperature,
             top_p=p.top_p,
             repetition_penalty=p.repetition_penalty,
@@ -113,7 +113,9 @@ class TrtllmEngine:
         max_tokens = min(request.params.max_tokens, self._cfg.max_output_len)
         try:
             result = self._llm.generate_async(
-                list(request.prompt_ids), sampling_params=self._sampling_params(request.params), streaming=True
+                list(request.prompt_ids),
+                sampling_params=self._sampling_params(request.params, max_tokens),
+                streaming=True,
             )
         except Exception as e:
             raise EngineError(f"TensorRT-LLM rejected the request: {e}", "trtllm") from e

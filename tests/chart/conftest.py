@@ -7,8 +7,9 @@ from collections.abc import Callable
 import pytest
 import yaml
 from k8s.control_plane import build_binaries, run_helm
+from k8s.waiting import wait_for
 
-from chart.support import CHART, KUBE_VERSION, wait_for
+from chart.support import CHART, KUBE_VERSION
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +56,7 @@ def crd(kube) -> dict:
                 c.type == "Established" and c.status == "True"
                 for c in ext.read_custom_resource_definition(body["metadata"]["name"]).status.conditions or []
             ),
+            timeout=60,
             what="the CRD to be Established",
         )
     return body

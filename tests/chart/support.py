@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,18 +20,6 @@ def find(objects: list[dict], kind: str, name: str | None = None) -> dict:
 
 def container_env(deployment: dict) -> dict[str, str]:
     return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-
-
-def wait_for(check: Callable[[], object], timeout: float = 60, what: str = "condition") -> object:
-    """Polls check() until it returns something truthy, which is returned."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
 
 
 def server_dry_run_create(api, obj: dict) -> dict:

@@ -8,6 +8,7 @@ import re
 
 import pytest
 import yaml
+from k8s.waiting import gone, wait_for
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -19,7 +20,6 @@ from chart.support import (
     ROOT,
     container_env,
     server_dry_run_create,
-    wait_for,
 )
 
 pytestmark = pytest.mark.k8s
@@ -122,6 +122,7 @@ def test_install_upgrade_uninstall(kube, namespace):
         assert dep.spec.template.spec.containers[0].image == "ghcr.io/orpheus-tts/orpheus-tts-operator:0.2.0"
         wait_for(
             lambda: gone(lambda: custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "orpheus")),
+            timeout=60,
             what="helm to delete the dropped instance",
         )
         status = json.loads(kube.helm("status", release, "-n", namespace, "-o", "json").stdout)
@@ -134,18 +135,8 @@ def test_install_upgrade_uninstall(kube, namespace):
             lambda: core.read_namespaced_service(fullname, namespace),
             lambda: rbac.read_cluster_role_binding(fullname),
         ):
-            wait_for(lambda read=read: gone(read), what="helm uninstall to delete the release's objects")
+            wait_for(lambda read=read: gone(read), timeout=60, what="helm uninstall to delete the release's objects")
         ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}")  # helm never deletes CRDs
-
-
-def gone(read) -> bool:
-    try:
-        read()
-    except ApiException as e:
-        if e.status == 404:
-            return True
-        raise
-    return False
 
 
 def test_docs_sample_resources_pass_server_side_validation(kube, crd, namespace):

@@ -11,9 +11,10 @@ import urllib.request
 
 import pytest
 from k8s.control_plane import free_port
+from k8s.waiting import wait_for
 from kubernetes import client
 
-from chart.support import CHART, CPU_VALUES, wait_for
+from chart.support import CHART, CPU_VALUES
 
 pytestmark = pytest.mark.k8s
 

@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from k8s.waiting import gone, wait_for
+
 pytestmark = pytest.mark.k8s
-
-
-def eventually(check: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.5)
-
-
-def gone(read: Callable[[], object]) -> bool:
-    try:
-        read()
-    except ApiException as e:
-        if e.status == 404:
-            return True
-        raise
-    return False
 
 
 def test_admin_is_cluster_admin(kube):
@@ -91,8 +72,9 @@ def test_garbage_collector_deletes_owned_objects(kube, namespace):
         core.create_namespaced_config_map(namespace, {"metadata": {"name": "unrelated"}})
 
         core.delete_namespaced_config_map("owner", namespace)
-        eventually(
+        wait_for(
             lambda: gone(lambda: core.read_namespaced_config_map("owned", namespace)),
+            timeout=60,
             what="the garbage collector to delete the owned ConfigMap",
         )
         core.read_namespaced_config_map("unrelated", namespace)
@@ -104,7 +86,8 @@ def test_namespace_deletion_completes(kube):
         core.create_namespace({"metadata": {"name": "doomed"}})
         core.create_namespaced_config_map("doomed", {"metadata": {"name": "content"}})
         core.delete_namespace("doomed")
-        eventually(
+        wait_for(
             lambda: gone(lambda: core.read_namespace("doomed")),
+            timeout=60,
             what="the namespace controller to finish deleting the namespace",
         )

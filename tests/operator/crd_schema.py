@@ -42,8 +42,9 @@ def defaulted_spec(spec: dict[str, Any] | None = None) -> dict[str, Any]:
     return apply_defaults(root_schema()["properties"]["spec"], copy.deepcopy(spec or {}))
 
 
-def make_body(spec: dict[str, Any] | None = None, name: str = "voice", namespace: str = "tts",
-              generation: int = 1) -> dict[str, Any]:
+def make_body(
+    spec: dict[str, Any] | None = None, name: str = "voice", namespace: str = "tts", generation: int = 1
+) -> dict[str, Any]:
     """An OrpheusTTS as the API server would return it."""
     return {
         "apiVersion": "tts.orpheus.dev/v1alpha1",

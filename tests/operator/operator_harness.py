@@ -12,11 +12,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import yaml
 from crd_schema import CRD_PATH
+from k8s.waiting import wait_for
 from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
 
@@ -30,17 +30,6 @@ TINY = {
     "runtime": {"gpus": 0, "affinity": {}, "tolerations": []},
     "build": {"gpus": 0},
 }
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def install_crd(api: client.ApiClient) -> None:
@@ -62,11 +51,21 @@ def install_crd(api: client.ApiClient) -> None:
     wait_for(established, what="the CRD to be established")
 
 
-def install_rbac(kube: Any, api: client.ApiClient, release: str, namespace: str,
-                 watch_namespaces: list[str]) -> list[dict[str, Any]]:
+def install_rbac(
+    kube: Any, api: client.ApiClient, release: str, namespace: str, watch_namespaces: list[str]
+) -> list[dict[str, Any]]:
     """Renders the chart's ServiceAccount and RBAC with helm and creates them; returns what it created."""
-    args = ["template", release, str(CHART), "--namespace", namespace,
-            "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"]
+    args = [
+        "template",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--show-only",
+        "templates/serviceaccount.yaml",
+        "--show-only",
+        "templates/rbac.yaml",
+    ]
     if watch_namespaces:
         args += ["--set", "watchNamespaces={" + ",".join(watch_namespaces) + "}"]
     docs = [d for d in yaml.safe_load_all(kube.helm(*args).stdout) if d]
@@ -92,19 +91,32 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ORPHEUS_OPERATOR_", "KUBECONFIG"))}
-        env.update({
-            "KUBECONFIG": str(self.kubeconfig),
-            "ORPHEUS_OPERATOR_RUNTIME_IMAGE": RUNTIME_IMAGE,
-            "ORPHEUS_OPERATOR_RESYNC_SECONDS": "1",
-            "ORPHEUS_OPERATOR_BUILD_RETRY_BASE_SECONDS": "2",
-            "ORPHEUS_OPERATOR_BUILD_RETRY_MAX_SECONDS": "4",
-        })
+        env.update(
+            {
+                "KUBECONFIG": str(self.kubeconfig),
+                "ORPHEUS_OPERATOR_RUNTIME_IMAGE": RUNTIME_IMAGE,
+                "ORPHEUS_OPERATOR_RESYNC_SECONDS": "1",
+                "ORPHEUS_OPERATOR_BUILD_RETRY_BASE_SECONDS": "2",
+                "ORPHEUS_OPERATOR_BUILD_RETRY_MAX_SECONDS": "4",
+            }
+        )
         args = [a for ns in self.namespaces for a in ("--namespace", ns)] or ["--all-namespaces"]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from orpheus_operator.main import main; sys.exit(main())",
-             *args, "--health-port", str(self.port), "--log-level", "DEBUG"],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-c",
+                "import sys; from orpheus_operator.main import main; sys.exit(main())",
+                *args,
+                "--health-port",
+                str(self.port),
+                "--log-level",
+                "DEBUG",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         wait_for(self.healthy, timeout=60, what=f"the operator's /healthz (log: {self.log_path})")
         return self
@@ -146,32 +158,83 @@ def finish_job(api: client.ApiClient, namespace: str, name: str, succeeded: bool
     t = now()
     if succeeded:
         conditions = [
-            {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
-             "message": "Reached expected number of succeeded pods", "lastProbeTime": t, "lastTransitionTime": t},
-            {"type": "Complete", "status": "True", "reason": "CompletionsReached",
-             "message": "Reached expected number of succeeded pods", "lastProbeTime": t, "lastTransitionTime": t},
+            {
+                "type": "SuccessCriteriaMet",
+                "status": "True",
+                "reason": "CompletionsReached",
+                "message": "Reached expected number of succeeded pods",
+                "lastProbeTime": t,
+                "lastTransitionTime": t,
+            },
+            {
+                "type": "Complete",
+                "status": "True",
+                "reason": "CompletionsReached",
+                "message": "Reached expected number of succeeded pods",
+                "lastProbeTime": t,
+                "lastTransitionTime": t,
+            },
         ]
-        status = {"startTime": t, "completionTime": t, "succeeded": 1, "active": 0, "ready": 0,
-                  "terminating": 0, "uncountedTerminatedPods": {}, "conditions": conditions}
+        status = {
+            "startTime": t,
+            "completionTime": t,
+            "succeeded": 1,
+            "active": 0,
+            "ready": 0,
+            "terminating": 0,
+            "uncountedTerminatedPods": {},
+            "conditions": conditions,
+        }
     else:
         reason = reason or "BackoffLimitExceeded"
         message = "Job has reached the specified backoff limit"
         conditions = [
-            {"type": "FailureTarget", "status": "True", "reason": reason, "message": message,
-             "lastProbeTime": t, "lastTransitionTime": t},
-            {"type": "Failed", "status": "True", "reason": reason, "message": message,
-             "lastProbeTime": t, "lastTransitionTime": t},
+            {
+                "type": "FailureTarget",
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastProbeTime": t,
+                "lastTransitionTime": t,
+            },
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastProbeTime": t,
+                "lastTransitionTime": t,
+            },
         ]
-        status = {"startTime": t, "failed": 1, "active": 0, "ready": 0, "terminating": 0,
-                  "uncountedTerminatedPods": {}, "conditions": conditions}
+        status = {
+            "startTime": t,
+            "failed": 1,
+            "active": 0,
+            "ready": 0,
+            "terminating": 0,
+            "uncountedTerminatedPods": {},
+            "conditions": conditions,
+        }
     batch.patch_namespaced_job_status(name, namespace, {"status": status})
 
 
-def failed_build_pod(api: client.ApiClient, namespace: str, job: dict[str, Any], exit_code: int,
-                     message: str) -> None:
+def failed_build_pod(api: client.ApiClient, namespace: str, job: dict[str, Any], exit_code: int, message: str) -> None:
     """The Job's pod, terminated with build_engine's exit code and termination message."""
-    build_pod(api, namespace, job, {"terminated": {"exitCode": exit_code, "reason": "Error", "message": message,
-                                                   "startedAt": now(), "finishedAt": now()}}, phase="Failed")
+    build_pod(
+        api,
+        namespace,
+        job,
+        {
+            "terminated": {
+                "exitCode": exit_code,
+                "reason": "Error",
+                "message": message,
+                "startedAt": now(),
+                "finishedAt": now(),
+            }
+        },
+        phase="Failed",
+    )
 
 
 def build_pod(api: client.ApiClient, namespace: str, job: dict[str, Any], state: dict[str, Any], phase: str) -> None:
@@ -184,16 +247,31 @@ def build_pod(api: client.ApiClient, namespace: str, job: dict[str, Any], state:
         if e.status != 409:
             raise
     pod = {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"{name}-x1", "namespace": namespace,
-                     "labels": {"job-name": name, "batch.kubernetes.io/job-name": name},
-                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
-                                          "uid": job["metadata"]["uid"], "controller": True}]},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{name}-x1",
+            "namespace": namespace,
+            "labels": {"job-name": name, "batch.kubernetes.io/job-name": name},
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": name,
+                    "uid": job["metadata"]["uid"],
+                    "controller": True,
+                }
+            ],
+        },
         "spec": {"restartPolicy": "Never", "containers": [{"name": "build", "image": RUNTIME_IMAGE}]},
     }
     core.create_namespaced_pod(namespace, pod)
-    status = {"phase": phase, "containerStatuses": [{
-        "name": "build", "image": RUNTIME_IMAGE, "imageID": "", "ready": False, "restartCount": 0, "state": state}]}
+    status = {
+        "phase": phase,
+        "containerStatuses": [
+            {"name": "build", "image": RUNTIME_IMAGE, "imageID": "", "ready": False, "restartCount": 0, "state": state}
+        ],
+    }
     core.patch_namespaced_pod_status(pod["metadata"]["name"], namespace, {"status": status})
 
 
@@ -204,13 +282,28 @@ def make_deployment_available(api: client.ApiClient, namespace: str, name: str) 
     n = dep.spec.replicas if dep.spec.replicas is not None else 1
     t = now()
     status = {
-        "observedGeneration": dep.metadata.generation, "replicas": n, "updatedReplicas": n, "readyReplicas": n,
+        "observedGeneration": dep.metadata.generation,
+        "replicas": n,
+        "updatedReplicas": n,
+        "readyReplicas": n,
         "availableReplicas": n,
         "conditions": [
-            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
-             "message": "Deployment has minimum availability.", "lastUpdateTime": t, "lastTransitionTime": t},
-            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
-             "message": "rollout complete", "lastUpdateTime": t, "lastTransitionTime": t},
+            {
+                "type": "Available",
+                "status": "True",
+                "reason": "MinimumReplicasAvailable",
+                "message": "Deployment has minimum availability.",
+                "lastUpdateTime": t,
+                "lastTransitionTime": t,
+            },
+            {
+                "type": "Progressing",
+                "status": "True",
+                "reason": "NewReplicaSetAvailable",
+                "message": "rollout complete",
+                "lastUpdateTime": t,
+                "lastTransitionTime": t,
+            },
         ],
     }
     apps.patch_namespaced_deployment_status(name, namespace, {"status": status})

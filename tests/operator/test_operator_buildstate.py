@@ -16,20 +16,45 @@ T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 def job(h: str = "abc", attempt: int = 1, condition: str | None = None, reason: str = "", message: str = "") -> dict:
     status = {}
     if condition:
-        status["conditions"] = [{"type": condition, "status": "True", "reason": reason, "message": message,
-                                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]
-    return {"metadata": {"name": f"v-build-{h}-{attempt}", "creationTimestamp": "2025-12-31T23:00:00Z",
-                         "labels": {crd.HASH_LABEL: h, crd.ATTEMPT_LABEL: str(attempt)}}, "status": status}
+        status["conditions"] = [
+            {
+                "type": condition,
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ]
+    return {
+        "metadata": {
+            "name": f"v-build-{h}-{attempt}",
+            "creationTimestamp": "2025-12-31T23:00:00Z",
+            "labels": {crd.HASH_LABEL: h, crd.ATTEMPT_LABEL: str(attempt)},
+        },
+        "status": status,
+    }
 
 
 def pod(name: str = "p1", created: str = "2026-01-01T00:00:00Z", **state: dict) -> dict:
-    return {"metadata": {"name": name, "creationTimestamp": created},
-            "status": {"containerStatuses": [{"name": "build", "state": state}]}}
+    return {
+        "metadata": {"name": name, "creationTimestamp": created},
+        "status": {"containerStatuses": [{"name": "build", "state": state}]},
+    }
 
 
-@pytest.mark.parametrize(("code", "reason"), [(3, "HubUnauthorized"), (4, "ModelNotFound"), (5, "DiskFull"),
-                                              (6, "NoGPU"), (7, "GPUUnsupported"), (10, "TensorRTLLMUnavailable"),
-                                              (1, "BuildFailed"), (42, "BuildFailed")])
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (3, "HubUnauthorized"),
+        (4, "ModelNotFound"),
+        (5, "DiskFull"),
+        (6, "NoGPU"),
+        (7, "GPUUnsupported"),
+        (10, "TensorRTLLMUnavailable"),
+        (1, "BuildFailed"),
+        (42, "BuildFailed"),
+    ],
+)
 def test_failure_reason_comes_from_the_exit_code(code: int, reason: str) -> None:
     term = {"terminated": {"exitCode": code, "message": "downloading...\nrepo x: token rejected\n"}}
     state = buildstate.evaluate("abc", job(condition="Failed", reason="BackoffLimitExceeded"), [pod(**term)], CFG)
@@ -46,10 +71,14 @@ def test_newest_pod_explains_and_oom_is_named() -> None:
 
 
 def test_deadline_and_podless_failures_use_the_job_condition() -> None:
-    assert buildstate.explain_failure(job(condition="Failed", reason="DeadlineExceeded", message="too slow"), [])[0] \
+    assert (
+        buildstate.explain_failure(job(condition="Failed", reason="DeadlineExceeded", message="too slow"), [])[0]
         == "BuildDeadlineExceeded"
-    reason, message = buildstate.explain_failure(job(condition="Failed", reason="BackoffLimitExceeded",
-                                                     message="Job has reached the specified backoff limit"), [])
+    )
+    reason, message = buildstate.explain_failure(
+        job(condition="Failed", reason="BackoffLimitExceeded", message="Job has reached the specified backoff limit"),
+        [],
+    )
     assert reason == "BuildFailed" and "backoff limit" in message
 
 
@@ -66,8 +95,14 @@ def test_a_pod_that_cannot_start_is_reported() -> None:
     state = buildstate.evaluate("abc", job(), [stuck], CFG)
     assert state.outcome == buildstate.RUNNING
     assert (state.reason, state.message) == ("CreateContainerConfigError", 'pod p1: secret "hf" not found')
-    unschedulable = {"metadata": {"name": "p2"}, "status": {"conditions": [
-        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes: no GPU"}]}}
+    unschedulable = {
+        "metadata": {"name": "p2"},
+        "status": {
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes: no GPU"}
+            ]
+        },
+    }
     assert buildstate.stuck_pod([unschedulable]) == ("Unschedulable", "pod p2: 0/3 nodes: no GPU")
 
 

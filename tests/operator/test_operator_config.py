@@ -7,15 +7,22 @@ from orpheus_operator.main import parse_args
 
 
 def test_env_is_read() -> None:
-    cfg = config.from_env({
-        "ORPHEUS_OPERATOR_RUNTIME_IMAGE": "r:1",
-        "ORPHEUS_OPERATOR_BUILD_IMAGE": "b:1",
-        "ORPHEUS_OPERATOR_NAMESPACES": "a, b,,a",
-        "ORPHEUS_OPERATOR_HEALTH_PORT": "9090",
-        "ORPHEUS_OPERATOR_RESYNC_SECONDS": "2.5",
-    })
+    cfg = config.from_env(
+        {
+            "ORPHEUS_OPERATOR_RUNTIME_IMAGE": "r:1",
+            "ORPHEUS_OPERATOR_BUILD_IMAGE": "b:1",
+            "ORPHEUS_OPERATOR_NAMESPACES": "a, b,,a",
+            "ORPHEUS_OPERATOR_HEALTH_PORT": "9090",
+            "ORPHEUS_OPERATOR_RESYNC_SECONDS": "2.5",
+        }
+    )
     assert (cfg.runtime_image, cfg.build_image, cfg.namespaces, cfg.health_port, cfg.resync_seconds) == (
-        "r:1", "b:1", ("a", "b"), 9090, 2.5)
+        "r:1",
+        "b:1",
+        ("a", "b"),
+        9090,
+        2.5,
+    )
     assert not cfg.clusterwide
 
 
@@ -31,9 +38,14 @@ def test_cli_overrides_env() -> None:
     assert config.from_args(parse_args(["--all-namespaces"]), env).clusterwide
 
 
-@pytest.mark.parametrize("env", [{"ORPHEUS_OPERATOR_HEALTH_PORT": "http"},
-                                 {"ORPHEUS_OPERATOR_RESYNC_SECONDS": "0"},
-                                 {"ORPHEUS_OPERATOR_RUNTIME_IMAGE": ""}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ORPHEUS_OPERATOR_HEALTH_PORT": "http"},
+        {"ORPHEUS_OPERATOR_RESYNC_SECONDS": "0"},
+        {"ORPHEUS_OPERATOR_RUNTIME_IMAGE": ""},
+    ],
+)
 def test_bad_values_are_clear_errors(env: dict) -> None:
     with pytest.raises(config.ConfigError):
         config.from_env(env)

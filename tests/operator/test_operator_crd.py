@@ -14,7 +14,11 @@ def test_names_match_the_contract() -> None:
     assert doc["metadata"]["name"] == f"{crd.PLURAL}.{crd.GROUP}"
     names = doc["spec"]["names"]
     assert (names["kind"], names["plural"], names["singular"], names["shortNames"]) == (
-        crd.KIND, crd.PLURAL, "orpheustts", ["otts"])
+        crd.KIND,
+        crd.PLURAL,
+        "orpheustts",
+        ["otts"],
+    )
     assert doc["spec"]["scope"] == "Namespaced"
     version = doc["spec"]["versions"][0]
     assert version["name"] == crd.VERSION and version["subresources"] == {"status": {}}
@@ -27,12 +31,20 @@ def test_names_match_the_contract() -> None:
 
 def test_defaults_are_the_issues() -> None:
     spec = defaulted_spec({})
-    assert spec["engine"] == {"backend": "trtllm", "weightQuantization": "int4_awq", "kvCacheDtype": "int8",
-                              "maxBatchSize": 20, "maxInputLen": 48, "maxOutputLen": 1024, "kvFreeGpuFraction": 0.92}
+    assert spec["engine"] == {
+        "backend": "trtllm",
+        "weightQuantization": "int4_awq",
+        "kvCacheDtype": "int8",
+        "maxBatchSize": 20,
+        "maxInputLen": 48,
+        "maxOutputLen": 1024,
+        "kvFreeGpuFraction": 0.92,
+    }
     assert spec["snac"] == {"maxBatch": 64, "batchTimeoutMs": 5}
     assert spec["model"] == {"repo": "canopylabs/orpheus-3b-0.1-ft", "revision": "main"}
     products = spec["runtime"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+        "nodeSelectorTerms"
+    ][0]["matchExpressions"][0]["values"]
     assert all("A100" in p for p in products)
     assert spec["autoscaling"]["enabled"] is False and spec["storage"]["retainOnDelete"] is True
 
@@ -48,13 +60,16 @@ def test_defaulted_spec_validates_against_the_schema() -> None:
     jsonschema.Draft4Validator(schema).validate(defaulted_spec({}))
 
 
-@pytest.mark.parametrize("bad", [
-    {"engine": {"backend": "vllm"}},
-    {"engine": {"maxBatchSize": -1}},
-    {"engine": {"kvFreeGpuFraction": 0}},
-    {"storage": {"accessMode": "ReadOnlyMany"}},
-    {"storage": {"size": "lots"}},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"engine": {"backend": "vllm"}},
+        {"engine": {"maxBatchSize": -1}},
+        {"engine": {"kvFreeGpuFraction": 0}},
+        {"storage": {"accessMode": "ReadOnlyMany"}},
+        {"storage": {"size": "lots"}},
+    ],
+)
 def test_schema_rejects_bad_values(bad: dict) -> None:
     schema = root_schema()["properties"]["spec"]
     with pytest.raises(jsonschema.ValidationError):

@@ -18,36 +18,42 @@ def engine_hash(spec: dict, cfg: OperatorConfig = CFG) -> str:
 BASE = engine_hash({})
 
 
-@pytest.mark.parametrize("change", [
-    {"model": {"repo": "unsloth/orpheus-3b-0.1-ft"}},
-    {"model": {"revision": "abc123"}},
-    {"engine": {"weightQuantization": "int8"}},
-    {"engine": {"kvCacheDtype": "auto"}},
-    {"engine": {"maxBatchSize": 32}},
-    {"engine": {"maxInputLen": 64}},
-    {"engine": {"maxOutputLen": 2048}},
-    {"engine": {"backend": "torch", "weightQuantization": "none", "kvCacheDtype": "auto"}},
-    {"build": {"calibrationDir": "/engines/calib"}},
-    {"build": {"image": "builder:2"}},
-    {"runtime": {"image": "runtime:2"}},  # the runtime image builds the engine unless a build image is set
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": {"repo": "unsloth/orpheus-3b-0.1-ft"}},
+        {"model": {"revision": "abc123"}},
+        {"engine": {"weightQuantization": "int8"}},
+        {"engine": {"kvCacheDtype": "auto"}},
+        {"engine": {"maxBatchSize": 32}},
+        {"engine": {"maxInputLen": 64}},
+        {"engine": {"maxOutputLen": 2048}},
+        {"engine": {"backend": "torch", "weightQuantization": "none", "kvCacheDtype": "auto"}},
+        {"build": {"calibrationDir": "/engines/calib"}},
+        {"build": {"image": "builder:2"}},
+        {"runtime": {"image": "runtime:2"}},  # the runtime image builds the engine unless a build image is set
+    ],
+)
 def test_build_relevant_changes_rebuild(change: dict) -> None:
     assert engine_hash(change) != BASE
 
 
-@pytest.mark.parametrize("change", [
-    {"runtime": {"replicas": 3}},
-    {"runtime": {"resources": {"requests": {"cpu": "8"}}}},
-    {"runtime": {"env": [{"name": "X", "value": "1"}]}},
-    {"engine": {"kvFreeGpuFraction": 0.8}},
-    {"snac": {"maxBatch": 32, "batchTimeoutMs": 2}},
-    {"autoscaling": {"enabled": True}},
-    {"service": {"port": 80}},
-    {"ingress": {"enabled": True, "host": "tts.example.com"}},
-    {"storage": {"size": "100Gi"}},
-    {"build": {"backoffLimit": 5, "deadlineSeconds": 600}},
-    {"model": {"hfTokenSecretRef": {"name": "other"}}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"runtime": {"replicas": 3}},
+        {"runtime": {"resources": {"requests": {"cpu": "8"}}}},
+        {"runtime": {"env": [{"name": "X", "value": "1"}]}},
+        {"engine": {"kvFreeGpuFraction": 0.8}},
+        {"snac": {"maxBatch": 32, "batchTimeoutMs": 2}},
+        {"autoscaling": {"enabled": True}},
+        {"service": {"port": 80}},
+        {"ingress": {"enabled": True, "host": "tts.example.com"}},
+        {"storage": {"size": "100Gi"}},
+        {"build": {"backoffLimit": 5, "deadlineSeconds": 600}},
+        {"model": {"hfTokenSecretRef": {"name": "other"}}},
+    ],
+)
 def test_runtime_only_changes_keep_the_engine(change: dict) -> None:
     assert engine_hash(change) == BASE
 

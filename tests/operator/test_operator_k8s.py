@@ -38,8 +38,9 @@ CFG = OperatorConfig(runtime_image="example.test/orpheus-tts:1")
 def merge(base: dict, extra: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in extra.items():
-        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else value
+        out[key] = (
+            merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -74,8 +75,11 @@ class Cluster:
         return (self.get(name) or {}).get("status") or {}
 
     def wait_phase(self, name: str, phase: str, timeout: float = 30) -> dict:
-        return wait_for(lambda: self.status(name) if self.status(name).get("phase") == phase else None,
-                        timeout, what=f"{name} phase {phase} (status: {self.status(name)})")
+        return wait_for(
+            lambda: self.status(name) if self.status(name).get("phase") == phase else None,
+            timeout,
+            what=f"{name} phase {phase} (status: {self.status(name)})",
+        )
 
     def jobs(self, name: str) -> list[dict]:
         sel = f"{crd.INSTANCE_LABEL}={name},{crd.COMPONENT_LABEL}={crd.ENGINE_BUILD}"
@@ -132,12 +136,15 @@ def run_operator(kube: Any, admin: client.ApiClient, namespace: str, tmp_path: p
     for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
         name = item["metadata"]["name"]
         if not any(p.proc is not None for p in started):
-            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                  {"metadata": {"finalizers": None}})
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"finalizers": None}}
+            )
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     try:
-        wait_for(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"],
-                 what="the test's resources deleted")
+        wait_for(
+            lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"],
+            what="the test's resources deleted",
+        )
     finally:
         for proc in started:
             proc.stop()
@@ -159,14 +166,17 @@ def conditions(st: dict) -> dict[str, tuple[str, str]]:
 # ---- the API server validates and defaults -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("spec", "name", "expected"), [
-    ({"engine": {"backend": "vllm"}}, "bad-enum", 'spec.engine.backend: Unsupported value: "vllm"'),
-    ({"engine": {"maxBatchSize": -1}}, "neg", "spec.engine.maxBatchSize: Invalid value: -1"),
-    ({"engine": {"backend": "torch"}}, "torch-awq", "engine.backend torch supports weightQuantization none"),
-    ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "minmax", "minReplicas must not exceed"),
-    ({"ingress": {"enabled": True}}, "nohost", "ingress.host is required"),
-    ({}, "x" * 41, "metadata.name must be a DNS-1035 label of at most 40 characters"),
-])
+@pytest.mark.parametrize(
+    ("spec", "name", "expected"),
+    [
+        ({"engine": {"backend": "vllm"}}, "bad-enum", 'spec.engine.backend: Unsupported value: "vllm"'),
+        ({"engine": {"maxBatchSize": -1}}, "neg", "spec.engine.maxBatchSize: Invalid value: -1"),
+        ({"engine": {"backend": "torch"}}, "torch-awq", "engine.backend torch supports weightQuantization none"),
+        ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "minmax", "minReplicas must not exceed"),
+        ({"ingress": {"enabled": True}}, "nohost", "ingress.host is required"),
+        ({}, "x" * 41, "metadata.name must be a DNS-1035 label of at most 40 characters"),
+    ],
+)
 def test_invalid_resources_are_rejected_readably(cluster: Cluster, spec: dict, name: str, expected: str) -> None:
     with pytest.raises(ApiException) as info:
         cluster.create(name, spec)
@@ -210,13 +220,23 @@ def test_lifecycle_build_deploy_patch_rebuild(cluster: Cluster, run_operator: An
     make_deployment_available(cluster.api, cluster.ns, "voice")
     st = cluster.wait_phase("voice", "Ready")
     assert st["readyReplicas"] == 1 and st["endpoint"] == f"http://voice.{cluster.ns}.svc:8000"
-    assert conditions(st) == {"EngineBuilt": ("True", "Built"), "Available": ("True", "MinimumReplicasAvailable"),
-                              "Progressing": ("False", "Complete"), "Degraded": ("False", "AsExpected")}
+    assert conditions(st) == {
+        "EngineBuilt": ("True", "Built"),
+        "Available": ("True", "MinimumReplicasAvailable"),
+        "Progressing": ("False", "Complete"),
+        "Degraded": ("False", "AsExpected"),
+    }
     assert st["observedGeneration"] == cluster.get("voice")["metadata"]["generation"]
 
     # Runtime-only change: patched in place, no new build.
-    cluster.patch_spec("voice", {"runtime": {"replicas": 2}, "snac": {"maxBatch": 32},
-                                 "ingress": {"enabled": True, "host": "tts.example.test"}})
+    cluster.patch_spec(
+        "voice",
+        {
+            "runtime": {"replicas": 2},
+            "snac": {"maxBatch": 32},
+            "ingress": {"enabled": True, "host": "tts.example.test"},
+        },
+    )
     wait_for(lambda: cluster.deployment("voice").spec.replicas == 2, what="replicas patched")
     assert cluster.env("voice")["SNAC_MAX_BATCH"] == "32"
     net = client.NetworkingV1Api(cluster.api)
@@ -259,8 +279,13 @@ def test_failed_build_reports_why_retries_and_recovers(cluster: Cluster, run_ope
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
 
-    failed_build_pod(cluster.api, cluster.ns, job, exit_code=3,
-                     message="hub: canopylabs/orpheus-3b-0.1-ft needs a valid HF_TOKEN (401 unauthorised)")
+    failed_build_pod(
+        cluster.api,
+        cluster.ns,
+        job,
+        exit_code=3,
+        message="hub: canopylabs/orpheus-3b-0.1-ft needs a valid HF_TOKEN (401 unauthorised)",
+    )
     finish_job(cluster.api, cluster.ns, f"voice-build-{h}-1", succeeded=False)
     st = cluster.wait_phase("voice", "Failed")
     assert conditions(st)["EngineBuilt"] == ("False", "HubUnauthorized")
@@ -285,13 +310,19 @@ def test_failed_build_reports_why_retries_and_recovers(cluster: Cluster, run_ope
 
 def test_autoscaler_follows_the_spec(cluster: Cluster, run_operator: Any) -> None:
     run_operator()
-    cluster.create("voice", merge(TINY, {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5,
-                                                         "targetActiveStreamsPerPod": 12}}))
+    cluster.create(
+        "voice",
+        merge(
+            TINY,
+            {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5, "targetActiveStreamsPerPod": 12}},
+        ),
+    )
     cluster.wait_phase("voice", "Building")
     finish_job(cluster.api, cluster.ns, cluster.job_names("voice")[0], succeeded=True)
     scaling = client.AutoscalingV2Api(cluster.api)
-    hpa = wait_for(lambda: _read_or_none(scaling.read_namespaced_horizontal_pod_autoscaler, "voice", cluster.ns),
-                   what="the HPA")
+    hpa = wait_for(
+        lambda: _read_or_none(scaling.read_namespaced_horizontal_pod_autoscaler, "voice", cluster.ns), what="the HPA"
+    )
     assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 5)
     metric = hpa.spec.metrics[0].pods
     assert metric.metric.name == "orpheus_active_streams" and metric.target.average_value == "12"
@@ -300,8 +331,10 @@ def test_autoscaler_follows_the_spec(cluster: Cluster, run_operator: Any) -> Non
     assert operator_fields and all("f:replicas" not in f.get("f:spec", {}) for f in operator_fields)
 
     cluster.patch_spec("voice", {"autoscaling": {"enabled": False}, "runtime": {"replicas": 3}})
-    wait_for(lambda: _read_or_none(scaling.read_namespaced_horizontal_pod_autoscaler, "voice", cluster.ns) is None,
-             what="the HPA removed")
+    wait_for(
+        lambda: _read_or_none(scaling.read_namespaced_horizontal_pod_autoscaler, "voice", cluster.ns) is None,
+        what="the HPA removed",
+    )
     wait_for(lambda: cluster.deployment("voice").spec.replicas == 3, what="replicas owned again")
 
 
@@ -344,9 +377,15 @@ def test_delete_cleans_up_and_pvc_follows_retention(cluster: Cluster, run_operat
     for name in ("kept", "gone"):
         wait_for(lambda n=name: cluster.get(n) is None, what=f"{name} deleted (kopf removes its finalizer)")
         # The real garbage collector removes the owned children.
-        wait_for(lambda n=name: cluster.deployment(n) is None and not cluster.jobs(n)
-                 and _read_or_none(cluster.core.read_namespaced_service, n, cluster.ns) is None,
-                 timeout=60, what=f"{name}'s children garbage-collected")
+        wait_for(
+            lambda n=name: (
+                cluster.deployment(n) is None
+                and not cluster.jobs(n)
+                and _read_or_none(cluster.core.read_namespaced_service, n, cluster.ns) is None
+            ),
+            timeout=60,
+            what=f"{name}'s children garbage-collected",
+        )
     kept = cluster.core.read_namespaced_persistent_volume_claim("kept-engines", cluster.ns)
     assert kept.metadata.deletion_timestamp is None
 
@@ -362,11 +401,21 @@ def test_operator_service_account_cannot_read_secrets(kube: Any, namespace: str,
     proc = run_operator()
     with kube.api_client(proc.kubeconfig) as api:
         review = client.AuthorizationV1Api(api).create_self_subject_access_review(
-            {"spec": {"resourceAttributes": {"namespace": namespace, "verb": "get", "resource": "secrets"}}})
+            {"spec": {"resourceAttributes": {"namespace": namespace, "verb": "get", "resource": "secrets"}}}
+        )
         assert review.status.allowed is False
         review = client.AuthorizationV1Api(api).create_self_subject_access_review(
-            {"spec": {"resourceAttributes": {"namespace": namespace, "verb": "create", "resource": "jobs",
-                                             "group": "batch"}}})
+            {
+                "spec": {
+                    "resourceAttributes": {
+                        "namespace": namespace,
+                        "verb": "create",
+                        "resource": "jobs",
+                        "group": "batch",
+                    }
+                }
+            }
+        )
         assert review.status.allowed is True
 
 
@@ -398,8 +447,9 @@ async def test_api_client_logs_in_again_after_401(kube: Any, namespace: str, mon
         assert await api.get("v1", "Service", namespace, "nothing-here") is None
         assert len(calls) == 2
         with pytest.raises(kubeapi.ApiError) as info:
-            await api.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "Bad_Name",
-                                                                                  "namespace": namespace}})
+            await api.create(
+                {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "Bad_Name", "namespace": namespace}}
+            )
         assert info.value.status == 422 and "Bad_Name" in info.value.message
     finally:
         await api.close()

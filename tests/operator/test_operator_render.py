@@ -30,10 +30,31 @@ def test_job_runs_build_engine_with_the_contract_flags() -> None:
     (c,) = pod["containers"]
     assert c["command"] == ["orpheus-tts"]
     assert c["args"] == [
-        "build-engine", "--backend", "trtllm", "--model", "canopylabs/orpheus-3b-0.1-ft", "--revision", "main",
-        "--out", f"/engines/{h}", "--weight-quantization", "int4_awq", "--kv-cache-dtype", "int8",
-        "--max-batch-size", "20", "--max-input-len", "48", "--max-output-len", "1024",
-        "--status-file", f"/engines/{h}.status.json", "--wait", "--calib-dir", "/engines/calib"]
+        "build-engine",
+        "--backend",
+        "trtllm",
+        "--model",
+        "canopylabs/orpheus-3b-0.1-ft",
+        "--revision",
+        "main",
+        "--out",
+        f"/engines/{h}",
+        "--weight-quantization",
+        "int4_awq",
+        "--kv-cache-dtype",
+        "int8",
+        "--max-batch-size",
+        "20",
+        "--max-input-len",
+        "48",
+        "--max-output-len",
+        "1024",
+        "--status-file",
+        f"/engines/{h}.status.json",
+        "--wait",
+        "--calib-dir",
+        "/engines/calib",
+    ]
     assert env_of(c)["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -45,8 +66,13 @@ def test_job_runs_build_engine_with_the_contract_flags() -> None:
 
 
 def test_public_model_job_has_no_token() -> None:
-    body = make_body({"engine": {"backend": "torch", "weightQuantization": "none", "kvCacheDtype": "auto"},
-                      "model": {"repo": "tiny-random"}, "build": {"gpus": 0}})
+    body = make_body(
+        {
+            "engine": {"backend": "torch", "weightQuantization": "none", "kvCacheDtype": "auto"},
+            "model": {"repo": "tiny-random"},
+            "build": {"gpus": 0},
+        }
+    )
     build, h = build_of(body)
     (c,) = render.render_job(body, build, h, 1)["spec"]["template"]["spec"]["containers"]
     assert "HF_TOKEN" not in env_of(c)
@@ -60,19 +86,29 @@ def test_job_name_fits_a_label_value() -> None:
 
 
 def test_deployment_serves_the_engine_per_the_runtime_contract() -> None:
-    body = make_body({"runtime": {"apiKeySecretRef": {"name": "keys"}, "drainGraceSeconds": 40, "gpus": 2},
-                      "snac": {"maxBatch": 32}})
+    body = make_body(
+        {"runtime": {"apiKeySecretRef": {"name": "keys"}, "drainGraceSeconds": 40, "gpus": 2}, "snac": {"maxBatch": 32}}
+    )
     build, h = build_of(body)
     dep = render.render_deployment(body, CFG, build, h)
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     env = env_of(c)
     assert env == {
-        "ORPHEUS_BACKEND": "trtllm", "TRTLLM_ENGINE_DIR": f"/engines/{h}", "TRTLLM_MAX_INPUT_LEN": "48",
-        "TRTLLM_MAX_OUTPUT_LEN": "1024", "TRTLLM_MAX_BATCH_SIZE": "20", "KV_FREE_GPU_FRAC": "0.92",
-        "SNAC_MAX_BATCH": "32", "SNAC_BATCH_TIMEOUT_MS": "5", "PORT": "8000", "ORPHEUS_DRAIN_GRACE_S": "40",
-        "HF_HUB_OFFLINE": "1", "TLLM_WORKER_USE_SINGLE_PROCESS": "1",
-        "ORPHEUS_API_KEY": {"secretKeyRef": {"name": "keys", "key": "api-key"}}}
+        "ORPHEUS_BACKEND": "trtllm",
+        "TRTLLM_ENGINE_DIR": f"/engines/{h}",
+        "TRTLLM_MAX_INPUT_LEN": "48",
+        "TRTLLM_MAX_OUTPUT_LEN": "1024",
+        "TRTLLM_MAX_BATCH_SIZE": "20",
+        "KV_FREE_GPU_FRAC": "0.92",
+        "SNAC_MAX_BATCH": "32",
+        "SNAC_BATCH_TIMEOUT_MS": "5",
+        "PORT": "8000",
+        "ORPHEUS_DRAIN_GRACE_S": "40",
+        "HF_HUB_OFFLINE": "1",
+        "TLLM_WORKER_USE_SINGLE_PROCESS": "1",
+        "ORPHEUS_API_KEY": {"secretKeyRef": {"name": "keys", "key": "api-key"}},
+    }
     assert c["command"] == ["orpheus-tts", "serve"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -121,16 +157,24 @@ def test_user_env_overrides_by_name() -> None:
 
 
 def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
-    body = make_body({"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6,
-                                      "targetActiveStreamsPerPod": 12}})
+    body = make_body(
+        {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6, "targetActiveStreamsPerPod": 12}}
+    )
     build, h = build_of(body)
     assert "replicas" not in render.render_deployment(body, CFG, build, h)["spec"]
     hpa = render.render_hpa(body)
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "voice"}
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
-    assert hpa["spec"]["metrics"] == [{"type": "Pods", "pods": {
-        "metric": {"name": "orpheus_active_streams"}, "target": {"type": "AverageValue", "averageValue": "12"}}}]
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "orpheus_active_streams"},
+                "target": {"type": "AverageValue", "averageValue": "12"},
+            },
+        }
+    ]
     assert render.render_hpa(make_body()) is None
 
 
@@ -144,8 +188,17 @@ def test_pvc_ownership_follows_retention() -> None:
 
 
 def test_service_ingress_pdb_and_endpoint() -> None:
-    body = make_body({"ingress": {"enabled": True, "host": "tts.example.com", "className": "nginx",
-                                  "tls": {"enabled": True}, "annotations": {"a": "b"}}})
+    body = make_body(
+        {
+            "ingress": {
+                "enabled": True,
+                "host": "tts.example.com",
+                "className": "nginx",
+                "tls": {"enabled": True},
+                "annotations": {"a": "b"},
+            }
+        }
+    )
     svc = render.render_service(body)
     assert svc["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
     assert svc["spec"]["selector"] == render.selector_labels(body)

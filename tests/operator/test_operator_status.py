@@ -10,22 +10,39 @@ from orpheus_operator.buildstate import BuildState
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 BUILDING = BuildState("h1", buildstate.RUNNING, 1, "v-build-h1-1", "Building", "job v-build-h1-1 is building")
 BUILT = BuildState("h1", buildstate.SUCCEEDED, 1, "v-build-h1-1", "Built", "engine h1 built")
-FAILED = BuildState("h1", buildstate.FAILED, 1, "v-build-h1-1", "HubUnauthorized", "token rejected (exit code 3)",
-                    retry_at=T0)
+FAILED = BuildState(
+    "h1", buildstate.FAILED, 1, "v-build-h1-1", "HubUnauthorized", "token rejected (exit code 3)", retry_at=T0
+)
 
 
-def deployment(replicas: int = 2, updated: int = 2, available: int = 2, generation: int = 3,
-               observed: int = 3, total: int | None = None) -> dict:
-    return {"metadata": {"generation": generation}, "spec": {"replicas": replicas},
-            "status": {"observedGeneration": observed, "replicas": updated if total is None else total,
-                       "updatedReplicas": updated, "availableReplicas": available, "readyReplicas": available,
-                       "conditions": [{"type": "Available", "status": "True" if available else "False",
-                                       "message": "x"}]}}
+def deployment(
+    replicas: int = 2,
+    updated: int = 2,
+    available: int = 2,
+    generation: int = 3,
+    observed: int = 3,
+    total: int | None = None,
+) -> dict:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": observed,
+            "replicas": updated if total is None else total,
+            "updatedReplicas": updated,
+            "availableReplicas": available,
+            "readyReplicas": available,
+            "conditions": [{"type": "Available", "status": "True" if available else "False", "message": "x"}],
+        },
+    }
 
 
 def compute(build: BuildState, dep: dict | None = None, serving: str | None = None, errors=()) -> dict:
-    return status.compute(status.Observation(generation=5, build=build, endpoint="http://e", serving_hash=serving,
-                                             deployment=dep, errors=list(errors)))
+    return status.compute(
+        status.Observation(
+            generation=5, build=build, endpoint="http://e", serving_hash=serving, deployment=dep, errors=list(errors)
+        )
+    )
 
 
 def conds(st: dict) -> dict:
@@ -35,8 +52,12 @@ def conds(st: dict) -> dict:
 def test_building_first_engine() -> None:
     st = compute(BUILDING)
     assert st["phase"] == "Building" and st["observedGeneration"] == 5 and st["endpoint"] is None
-    assert conds(st) == {"EngineBuilt": ("False", "Building"), "Available": ("False", "NoEngine"),
-                         "Progressing": ("True", "BuildingEngine"), "Degraded": ("False", "AsExpected")}
+    assert conds(st) == {
+        "EngineBuilt": ("False", "Building"),
+        "Available": ("False", "NoEngine"),
+        "Progressing": ("True", "BuildingEngine"),
+        "Degraded": ("False", "AsExpected"),
+    }
 
 
 def test_deploying_then_ready() -> None:
@@ -47,8 +68,12 @@ def test_deploying_then_ready() -> None:
     assert stale["phase"] == "Deploying" and "controller" in stale["message"]
     ready = compute(BUILT, deployment(), serving="h1")
     assert ready["phase"] == "Ready" and ready["readyReplicas"] == 2 and ready["endpoint"] == "http://e"
-    assert conds(ready) == {"EngineBuilt": ("True", "Built"), "Available": ("True", "MinimumReplicasAvailable"),
-                            "Progressing": ("False", "Complete"), "Degraded": ("False", "AsExpected")}
+    assert conds(ready) == {
+        "EngineBuilt": ("True", "Built"),
+        "Available": ("True", "MinimumReplicasAvailable"),
+        "Progressing": ("False", "Complete"),
+        "Degraded": ("False", "AsExpected"),
+    }
 
 
 def test_rebuild_keeps_old_pods_available() -> None:
@@ -78,8 +103,9 @@ def test_rejected_child_fails() -> None:
 
 def test_stalled_rollout_is_degraded() -> None:
     dep = deployment(updated=1, available=1, total=2)
-    dep["status"]["conditions"].append({"type": "Progressing", "status": "False",
-                                        "reason": "ProgressDeadlineExceeded", "message": "too slow"})
+    dep["status"]["conditions"].append(
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}
+    )
     st = compute(BUILT, dep, serving="h1")
     assert st["phase"] == "Deploying" and conds(st)["Degraded"] == ("True", "ProgressDeadlineExceeded")
 

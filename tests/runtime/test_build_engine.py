@@ -17,30 +17,18 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from trtllm_double.install import installed
 
 from orpheus_tts import build_engine as be
 from orpheus_tts import manifest as mf
 
-DOUBLE = pathlib.Path(__file__).parent / "trtllm_double"
 FAKE_TOKEN = "hf_FAKEtokenNEVERprintMEabc123"
-
-
-def _drop_double_modules() -> None:
-    for name in list(sys.modules):
-        if name in ("tensorrt_llm", "tensorrt") or name.startswith("tensorrt_llm."):
-            del sys.modules[name]
 
 
 @pytest.fixture
 def trtllm(monkeypatch):
-    monkeypatch.syspath_prepend(str(DOUBLE))
-    _drop_double_modules()
-    import tensorrt_llm.llmapi as api
-
-    api.LLM.instances.clear()
-    api.LLM.fail_on_init = None
-    yield api
-    _drop_double_modules()
+    with installed(monkeypatch) as api:
+        yield api
 
 
 def _weights(sharded: bool) -> dict[str, dict[str, torch.Tensor]]:
@@ -92,8 +80,17 @@ def pvc(tmp_path):
 
 
 def _args(model, out, *extra) -> list[str]:
-    return ["--backend", "torch", "--model", str(model), "--out", str(out),
-            "--status-file", str(out) + ".status.json", *extra]
+    return [
+        "--backend",
+        "torch",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--status-file",
+        str(out) + ".status.json",
+        *extra,
+    ]
 
 
 def _status(out) -> dict:
@@ -114,8 +111,13 @@ def test_full_torch_build(model_dir, pvc, capsys):
     assert (m.max_batch_size, m.max_input_len, m.max_output_len) == (20, 48, 1024)
     assert "orpheus-tts" in m.tools and "torch" in m.tools
     files = {f.path for f in m.files}
-    assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json",
-            "snac/config.json", "snac/pytorch_model.bin"} <= files
+    assert {
+        "model/config.json",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+        "snac/config.json",
+        "snac/pytorch_model.bin",
+    } <= files
     assert not any("optimizer" in f for f in files)
     assert (out / "manifest.json").exists()
     assert _status(out) == {"phase": "done", "progress": 1.0, "message": m_message(out), "exit_code": 0}
@@ -196,15 +198,20 @@ def test_tiny_random_build(pvc):
     m = mf.load_for_serving(out)
     assert m.model_repo == "tiny-random" and m.snac_model == "tiny-random" and m.weight_quantization == "int8"
     files = {f.path for f in m.files}
-    assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json", "model/orpheus.json",
-            "snac/config.json", "snac/pytorch_model.bin"} <= files
+    assert {
+        "model/config.json",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+        "model/orpheus.json",
+        "snac/config.json",
+        "snac/pytorch_model.bin",
+    } <= files
     assert not any(f.startswith("tiny-src") for f in files)
     from orpheus_tts.model_spec import load_model_spec
 
     assert load_model_spec(out / "model").end_of_speech == 128258  # the model dir is still a valid model
     tensors = load_file(out / "model" / "model.safetensors")
-    assert any(k.endswith("q_proj.qweight") for k in tensors) and not any(k.endswith("q_proj.weight")
-                                                                          for k in tensors)
+    assert any(k.endswith("q_proj.qweight") for k in tensors) and not any(k.endswith("q_proj.weight") for k in tensors)
 
 
 async def test_tiny_random_build_is_servable_by_the_loader(pvc):
@@ -220,9 +227,17 @@ async def test_tiny_random_build_is_servable_by_the_loader(pvc):
     assert loaded.snac_source == str(out / "snac")
     await loaded.engine.start()
     try:
-        ids = [i async for chunk in loaded.engine.submit(
-            GenerationRequest("r", [128259, 128000, 5, 128009, 128260, 128261, 128257],
-                              SamplingParams(max_tokens=14, min_tokens=14, seed=1))) for i in chunk]
+        ids = [
+            i
+            async for chunk in loaded.engine.submit(
+                GenerationRequest(
+                    "r",
+                    [128259, 128000, 5, 128009, 128260, 128261, 128257],
+                    SamplingParams(max_tokens=14, min_tokens=14, seed=1),
+                )
+            )
+            for i in chunk
+        ]
     finally:
         await loaded.engine.close()
     assert len(ids) == 14
@@ -292,8 +307,11 @@ sys.exit(build_engine.main(sys.argv[2:]))
 
 def test_build_killed_midway_leaves_nothing_servable(model_dir, pvc, tmp_path):
     out, signal_file = pvc / "killed", tmp_path / "reached"
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(signal_file), *_args(model_dir, out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE, str(signal_file), *_args(model_dir, out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while not signal_file.exists():
@@ -361,11 +379,14 @@ def test_disk_full_is_exit_5_and_cleans_up(model_dir, pvc, monkeypatch):
     assert sorted(p.name for p in pvc.iterdir()) == ["full.lock", "full.status.json"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--weight-quantization", "int4_awq"], "needs --backend trtllm"),
-    (["--kv-cache-dtype", "int8"], "needs --backend trtllm"),
-    (["--max-batch-size", "0"], "must be positive"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--weight-quantization", "int4_awq"], "needs --backend trtllm"),
+        (["--kv-cache-dtype", "int8"], "needs --backend trtllm"),
+        (["--max-batch-size", "0"], "must be positive"),
+    ],
+)
 def test_usage_errors_exit_2(model_dir, pvc, argv, message):
     out = pvc / "u"
     assert be.main(_args(model_dir, out, *argv), environ={}) == be.EXIT_USAGE
@@ -435,8 +456,16 @@ def test_hub_errors_map_to_exit_codes_without_leaking_the_token(pvc, capsys, mon
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     out = pvc / "h"
-    argv = ["--model", "canopylabs/orpheus-3b-0.1-ft", "--revision", "v9", "--out", str(out),
-            "--status-file", str(out) + ".status.json"]
+    argv = [
+        "--model",
+        "canopylabs/orpheus-3b-0.1-ft",
+        "--revision",
+        "v9",
+        "--out",
+        str(out),
+        "--status-file",
+        str(out) + ".status.json",
+    ]
     assert be.main(argv, environ={"HF_TOKEN": token} if token else {}) == code
     captured = capsys.readouterr()
     status_text = pathlib.Path(str(out) + ".status.json").read_text()
@@ -472,10 +501,24 @@ def test_token_never_leaks_from_a_real_failed_download(pvc, tmp_path):
     """Subprocess, real hub code path, offline: the failure is classified and the token is nowhere."""
     out = pvc / "real"
     env = {**os.environ, "HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    proc = subprocess.run([sys.executable, "-m", "orpheus_tts.cli", "build-engine", "--model",
-                           "canopylabs/orpheus-3b-0.1-ft", "--out", str(out),
-                           "--status-file", str(out) + ".status.json"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orpheus_tts.cli",
+            "build-engine",
+            "--model",
+            "canopylabs/orpheus-3b-0.1-ft",
+            "--out",
+            str(out),
+            "--status-file",
+            str(out) + ".status.json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == be.EXIT_NOT_FOUND, proc.stderr  # offline and not cached: classified, no crash
     status = pathlib.Path(str(out) + ".status.json").read_text()
     for text in (proc.stdout, proc.stderr, status):
@@ -522,8 +565,7 @@ def test_trtllm_build_through_the_double(trtllm, model_dir, pvc, monkeypatch, tm
     calib = tmp_path / "calib"
     calib.mkdir()
     out = pvc / "trt"
-    argv = _trt_args(model_dir, out, "--max-batch-size", "16", "--max-output-len", "1024",
-                     "--calib-dir", str(calib))
+    argv = _trt_args(model_dir, out, "--max-batch-size", "16", "--max-output-len", "1024", "--calib-dir", str(calib))
     assert be.main(argv, environ={}) == 0
     [llm] = trtllm.LLM.instances
     q = llm.kwargs["quant_config"]
@@ -536,8 +578,9 @@ def test_trtllm_build_through_the_double(trtllm, model_dir, pvc, monkeypatch, tm
     # the library's workspace was on the engines volume, inside the temporary build dir, and is gone
     assert pathlib.Path(llm.kwargs["workspace"]).parent.name.startswith(".trt.partial-")
     assert not (out / "workspace").exists()
-    m = mf.load_for_serving(out, env=mf.Environment("NVIDIA H100 80GB HBM3", "sm_90",
-                                                    {"tensorrt_llm": "1.2.1", "tensorrt": "10.14.1.48"}))
+    m = mf.load_for_serving(
+        out, env=mf.Environment("NVIDIA H100 80GB HBM3", "sm_90", {"tensorrt_llm": "1.2.1", "tensorrt": "10.14.1.48"})
+    )
     assert (m.backend, m.gpu_agnostic, m.gpu_arch) == ("trtllm", False, "sm_90")
     assert m.tools["tensorrt_llm"] == "1.2.1" and m.tools["tensorrt"] == "10.14.1.48"
     assert (out / "engine" / "rank0.engine").exists() and (out / "model" / "tokenizer.json").exists()
@@ -559,8 +602,9 @@ def test_trtllm_default_calibration_and_failure(trtllm, model_dir, pvc, monkeypa
     assert "CUDA out of memory" in _status(out)["message"]
     assert not out.exists() and not list(pvc.glob(".oom.*"))
     trtllm.LLM.fail_on_init = None
-    assert be.main(_trt_args(model_dir, out, "--weight-quantization", "none", "--kv-cache-dtype", "auto"),
-                   environ={}) == 0
+    assert (
+        be.main(_trt_args(model_dir, out, "--weight-quantization", "none", "--kv-cache-dtype", "auto"), environ={}) == 0
+    )
     [llm] = trtllm.LLM.instances
     assert llm.kwargs["calib_config"].calib_dataset == "cnn_dailymail"
     assert llm.kwargs["quant_config"].quant_algo is None and llm.kwargs["quant_config"].kv_cache_quant_algo is None

@@ -99,8 +99,13 @@ def test_backend_mismatch_and_unknown_backend():
 
 def test_torch_engine_is_gpu_agnostic_and_ignores_torch_version():
     m = _trtllm_manifest(
-        backend="torch", weight_quantization="int8", kv_cache_dtype="auto",
-        gpu_agnostic=True, gpu_arch=None, gpu_name=None, tools={"torch": "2.0.0"},
+        backend="torch",
+        weight_quantization="int8",
+        kv_cache_dtype="auto",
+        gpu_agnostic=True,
+        gpu_arch=None,
+        gpu_name=None,
+        tools={"torch": "2.0.0"},
     )
     assert manifest.check_compatible(m, Environment(tools={"torch": "2.11.0"})) == []
 

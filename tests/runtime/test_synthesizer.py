@@ -130,6 +130,11 @@ async def test_held_back_frames_go_out_when_the_buffer_runs_low(make_synth):
     assert before_resume == [(0, k) for k in range(8)]  # all but the right context, during the pause
 
 
+async def test_no_frames_no_audio_no_error(make_synth):
+    synth = make_synth(FakeEngine(frames=0))  # the model stopped at once
+    assert [pcm async for pcm in synth.stream(synth.prompts("Hello.", "tara"), SamplingParams())] == []
+
+
 async def test_closing_the_iterator_frees_the_engine_request(make_synth):
     engine = FakeEngine(frames=None, delay=0.001)  # would never end by itself
     synth = make_synth(engine)

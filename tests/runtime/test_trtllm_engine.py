@@ -7,17 +7,16 @@ is verified on a GPU only).
 
 import asyncio
 import dataclasses
-import pathlib
 import sys
 
 import pytest
+from trtllm_double.install import drop_modules, installed
 
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine import EngineError, GenerationRequest, SamplingParams
 from orpheus_tts.model_spec import ModelSpec
 from orpheus_tts.trtllm_engine import TrtllmEngine
 
-DOUBLE = pathlib.Path(__file__).parent / "trtllm_double"
 EOS = 128258
 A = 128266  # first audio id
 
@@ -26,23 +25,11 @@ def Spec(**kw) -> ModelSpec:
     return dataclasses.replace(ModelSpec(), **kw)
 
 
-def _drop_double_modules() -> None:
-    for name in list(sys.modules):
-        if name in ("tensorrt_llm", "tensorrt") or name.startswith("tensorrt_llm."):
-            del sys.modules[name]
-
-
 @pytest.fixture
 def api(monkeypatch):
-    monkeypatch.syspath_prepend(str(DOUBLE))
-    _drop_double_modules()
-    import tensorrt_llm.llmapi as api
-
-    api.LLM.instances.clear()
-    api.LLM.fail_on_init = None
-    api.LLM.behaviour = staticmethod(lambda prompt, params: [])
-    yield api
-    _drop_double_modules()
+    with installed(monkeypatch) as api:
+        api.LLM.behaviour = staticmethod(lambda prompt, params: [])
+        yield api
 
 
 @pytest.fixture
@@ -54,8 +41,9 @@ def engine_dir(tmp_path):
 
 
 def _cfg(**kw) -> RuntimeConfig:
-    return RuntimeConfig(**{"max_batch_size": 4, "max_input_len": 48, "max_output_len": 1024,
-                            "kv_free_gpu_frac": 0.7, **kw})
+    return RuntimeConfig(
+        **{"max_batch_size": 4, "max_input_len": 48, "max_output_len": 1024, "kv_free_gpu_frac": 0.7, **kw}
+    )
 
 
 async def _started(engine_dir, **kw) -> TrtllmEngine:
@@ -89,7 +77,7 @@ async def test_start_without_tokenizer_files_skips_tokenizer(api, engine_dir):
 
 
 async def test_start_without_tensorrt_llm_is_an_engine_error(engine_dir, monkeypatch):
-    _drop_double_modules()
+    drop_modules()
     monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # import fails as when not installed
     with pytest.raises(EngineError, match="TensorRT-LLM is not installed") as e:
         await TrtllmEngine(engine_dir, _cfg(), Spec()).start()
@@ -99,9 +87,17 @@ async def test_start_without_tensorrt_llm_is_an_engine_error(engine_dir, monkeyp
 async def test_limits_above_the_built_engine_are_refused_at_start(api, engine_dir):
     from orpheus_tts import manifest
 
-    built = manifest.Manifest(backend="trtllm", model_repo="m", requested_revision=None, resolved_commit=None,
-                              weight_quantization="int4_awq", kv_cache_dtype="int8", max_batch_size=16,
-                              max_input_len=48, max_output_len=1024)
+    built = manifest.Manifest(
+        backend="trtllm",
+        model_repo="m",
+        requested_revision=None,
+        resolved_commit=None,
+        weight_quantization="int4_awq",
+        kv_cache_dtype="int8",
+        max_batch_size=16,
+        max_input_len=48,
+        max_output_len=1024,
+    )
     manifest.write(built, engine_dir)
     with pytest.raises(EngineError, match=r"max_batch_size=20 > 16") as e:
         await TrtllmEngine(engine_dir, _cfg(max_batch_size=20), Spec()).start()
@@ -112,8 +108,18 @@ async def test_limits_above_the_built_engine_are_refused_at_start(api, engine_di
 async def test_every_sampling_field_is_mapped(api, engine_dir):
     engine = await _started(engine_dir)
     api.LLM.behaviour = staticmethod(lambda prompt, params: [[A]])
-    await _collect(engine, _req(prompt=[5, 6, 7], temperature=0.4, top_p=0.9, repetition_penalty=1.15,
-                                max_tokens=300, min_tokens=10, seed=42))
+    await _collect(
+        engine,
+        _req(
+            prompt=[5, 6, 7],
+            temperature=0.4,
+            top_p=0.9,
+            repetition_penalty=1.15,
+            max_tokens=300,
+            min_tokens=10,
+            seed=42,
+        ),
+    )
     [result] = api.LLM.instances[0].results
     p = result.sampling_params
     assert result.prompt_token_ids == [5, 6, 7]
@@ -214,8 +220,9 @@ async def test_request_failure_is_an_engine_error_and_others_continue(api, engin
         return [[A], [A + 1], [A + 2]]
 
     api.LLM.behaviour = staticmethod(behaviour)
-    bad, good = await asyncio.gather(_collect(engine, _req("bad", [9])), _collect(engine, _req("good")),
-                                     return_exceptions=True)
+    bad, good = await asyncio.gather(
+        _collect(engine, _req("bad", [9])), _collect(engine, _req("good")), return_exceptions=True
+    )
     assert isinstance(bad, EngineError) and bad.kind == "trtllm" and "CUDA error" in str(bad)
     assert good == [[A], [A + 1], [A + 2]]
     assert engine.load().active == 0

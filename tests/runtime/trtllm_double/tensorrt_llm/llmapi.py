@@ -85,8 +85,7 @@ class CompletionOutput:
 class RequestOutput:
     """The same object is yielded at every step, as in the real streaming API."""
 
-    def __init__(self, request_id: int, prompt_token_ids: list[int], params: SamplingParams,
-                 steps: list[Any]) -> None:
+    def __init__(self, request_id: int, prompt_token_ids: list[int], params: SamplingParams, steps: list[Any]) -> None:
         self.request_id = request_id
         self.prompt_token_ids = prompt_token_ids
         self.sampling_params = params
@@ -139,19 +138,34 @@ class _FakeLLM:
     behaviour: Callable[[list[int], SamplingParams], list[Any]] = staticmethod(lambda prompt, params: [])
     fail_on_init: BaseException | None = None
 
-    def __init__(self, model: str, *, tokenizer: str | None = None, skip_tokenizer_init: bool = False,
-                 workspace: str | None = None,
-                 quant_config: QuantConfig | None = None, calib_config: CalibConfig | None = None,
-                 build_config: BuildConfig | None = None, kv_cache_config: KvCacheConfig | None = None,
-                 enable_chunked_prefill: bool = False) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        tokenizer: str | None = None,
+        skip_tokenizer_init: bool = False,
+        workspace: str | None = None,
+        quant_config: QuantConfig | None = None,
+        calib_config: CalibConfig | None = None,
+        build_config: BuildConfig | None = None,
+        kv_cache_config: KvCacheConfig | None = None,
+        enable_chunked_prefill: bool = False,
+    ) -> None:
         if _FakeLLM.fail_on_init is not None:
             raise _FakeLLM.fail_on_init
         if workspace is not None:  # the real LLM writes its checkpoint and engine there before save()
             (pathlib.Path(workspace) / "ckpt.bin").write_bytes(b"\0" * 32)
-        self.kwargs = dict(model=model, tokenizer=tokenizer, skip_tokenizer_init=skip_tokenizer_init,
-                           workspace=workspace, quant_config=quant_config, calib_config=calib_config,
-                           build_config=build_config, kv_cache_config=kv_cache_config,
-                           enable_chunked_prefill=enable_chunked_prefill)
+        self.kwargs = dict(
+            model=model,
+            tokenizer=tokenizer,
+            skip_tokenizer_init=skip_tokenizer_init,
+            workspace=workspace,
+            quant_config=quant_config,
+            calib_config=calib_config,
+            build_config=build_config,
+            kv_cache_config=kv_cache_config,
+            enable_chunked_prefill=enable_chunked_prefill,
+        )
         self.results: list[RequestOutput] = []
         self.saved_to: str | None = None
         self.shut_down = False
@@ -164,8 +178,9 @@ class _FakeLLM:
         (path / "rank0.engine").write_bytes(b"\0" * 64)
         self.saved_to = engine_dir
 
-    def generate_async(self, inputs: list[int], sampling_params: SamplingParams | None = None, *,
-                       streaming: bool = False) -> RequestOutput:
+    def generate_async(
+        self, inputs: list[int], sampling_params: SamplingParams | None = None, *, streaming: bool = False
+    ) -> RequestOutput:
         asyncio.get_running_loop()  # the real one needs a running event loop too
         if not isinstance(sampling_params, SamplingParams):
             raise TypeError("sampling_params must be a SamplingParams")
