@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--json", default=None)
     ap.add_argument("--server-log", default="/tmp/server.log")
+    ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the server (variants: ORPHEUS_SNAC_CUDA_GRAPHS=0, ...)")  # fmt: skip
     args = ap.parse_args()
     levels = [int(n) for n in args.levels.split(",")]
 
@@ -111,7 +113,8 @@ def main() -> None:
                         "--shape", "orpheus-3b"], check=True)  # fmt: skip
     print(f"model written in {time.monotonic() - t0:.0f} s", flush=True)
     env = {**os.environ, "TRTLLM_MAX_BATCH_SIZE": str(args.capacity), "ORPHEUS_MAX_STREAMS": str(args.capacity),
-           "ORPHEUS_MODEL": args.model_dir, "PORT": str(args.port), "HOST": "127.0.0.1"}  # fmt: skip
+           "ORPHEUS_MODEL": args.model_dir, "PORT": str(args.port), "HOST": "127.0.0.1",
+           **dict(kv.split("=", 1) for kv in args.server_env)}  # fmt: skip
     log = open(args.server_log, "w")
     server = subprocess.Popen([sys.executable, "-m", "orpheus_tts.cli", "serve"], env=env, stdout=log,
                               stderr=subprocess.STDOUT)  # fmt: skip
@@ -154,7 +157,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"levels": results, "verdict_n": verdict, "tokens": args.tokens, "arrival_s": args.arrival_s,
-                       "capacity": args.capacity}, f, indent=2)  # fmt: skip
+                       "capacity": args.capacity, "server_env": args.server_env}, f, indent=2)  # fmt: skip
 
 
 if __name__ == "__main__":

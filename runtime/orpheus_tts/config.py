@@ -44,6 +44,7 @@ class RuntimeConfig:
     snac_max_batch: int = 64
     snac_batch_timeout_ms: float = 5.0
     snac_device: str = "auto"
+    snac_cuda_graphs: bool = True  # one CUDA graph per (window length, batch bucket); CUDA only
 
     # Default sampling (a request may override each).
     temperature: float = 0.6
@@ -58,6 +59,9 @@ class RuntimeConfig:
     max_text_chars: int = 8000
     api_key: str | None = field(default=None, repr=False)  # never printed
     drain_grace_s: float = 30.0
+    # How long a Python thread may hold the GIL while another wants it (CPython's default is 5 ms). The engine
+    # thread, the SNAC thread and the event loop hand it over several times per decode step.
+    gil_switch_interval_ms: float = 1.0
     log_level: str = "INFO"
 
     @property
@@ -85,6 +89,7 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_CUDA_GRAPHS": "cuda_graphs",
     "ORPHEUS_DECODE_ATTENTION": "decode_attention",
     "ORPHEUS_SNAC_DEVICE": "snac_device",
+    "ORPHEUS_SNAC_CUDA_GRAPHS": "snac_cuda_graphs",
     "ORPHEUS_TEMPERATURE": "temperature",
     "ORPHEUS_TOP_P": "top_p",
     "ORPHEUS_REPETITION_PENALTY": "repetition_penalty",
@@ -95,6 +100,7 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_MAX_TEXT_CHARS": "max_text_chars",
     "ORPHEUS_API_KEY": "api_key",
     "ORPHEUS_DRAIN_GRACE_S": "drain_grace_s",
+    "ORPHEUS_GIL_SWITCH_INTERVAL_MS": "gil_switch_interval_ms",
     "ORPHEUS_LOG_LEVEL": "log_level",
 }
 

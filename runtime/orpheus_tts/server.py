@@ -25,6 +25,7 @@ import hmac
 import json
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -491,6 +492,7 @@ async def drain(state: ServerState, grace_s: float) -> bool:
 
 
 async def serve(cfg: RuntimeConfig) -> int:
+    sys.setswitchinterval(cfg.gil_switch_interval_ms / 1000)
     app = create_app(cfg, background_load=True)
     state = app[STATE]
     stop = asyncio.Event()

@@ -114,23 +114,68 @@ def disable_noise(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-class SnacModel:
-    """The SNAC network on its device; `decode_windows` is called from the batcher's worker thread."""
+def batch_buckets(max_batch: int) -> list[int]:
+    """SNAC batch sizes with a CUDA graph of their own: powers of two up to max_batch, and max_batch."""
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    return [*sizes, max_batch]
 
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+
+class SnacModel:
+    """The SNAC network on its device; `decode_windows` is called from the batcher's worker thread.
+
+    On CUDA, every (window length, batch bucket) pair is captured once in a CUDA graph. An eager SNAC call
+    launches ~300 kernels from Python: measured on the H100, that costs 7 ms at batch 1 against 0.7 ms
+    replayed (benchmarks/snac_bench.py), and under load the launches fight the engine thread and the event
+    loop for the GIL, which made each call take ~90 ms of wall time in the server ramp. A replay is one call.
+    A batch is padded up to its bucket (at most 2x at small sizes, where graphs gain most)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, max_batch: int = 64,
+                 cuda_graphs: bool = True) -> None:  # fmt: skip
         self.model = model.eval().to(device)
         self.device = device
         # A CUDA stream of its own, so SNAC kernels run alongside the engine's decode steps instead of
         # queueing behind them on the default stream.
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.buckets = batch_buckets(max_batch)
+        self.use_graphs = cuda_graphs and device.type == "cuda"
+        # (frames, bucket) -> (graph, static codes per level, static audio out)
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+
+    def codes_tensors(self, batch: list[tuple[Frame, ...]]) -> list[torch.Tensor]:
+        """Equal-length frame sequences -> SNAC's three code tensors (B, n), (B, 2n), (B, 4n), on the CPU."""
+        per_stream = [snac_codes(list(frames)) for frames in batch]
+        return [torch.tensor([c[level] for c in per_stream], dtype=torch.long) for level in range(3)]
 
     @torch.inference_mode()
     def decode_frames(self, batch: list[tuple[Frame, ...]]) -> torch.Tensor:
         """Equal-length frame sequences -> float audio (B, n * 2048) in [-1, 1], on the device."""
-        per_stream = [snac_codes(list(frames)) for frames in batch]
-        codes = [torch.tensor([c[level] for c in per_stream], dtype=torch.long, device=self.device)
-                 for level in range(3)]  # fmt: skip
-        return self.model.decode(codes)[:, 0]
+        codes = self.codes_tensors(batch)
+        n_frames, b = len(batch[0]), len(batch)
+        bucket = next((size for size in self.buckets if size >= b), None)
+        if not self.use_graphs or bucket is None:
+            return self.model.decode([c.to(self.device) for c in codes])[:, 0]
+        graph, inputs, out = self.graphs.get((n_frames, bucket)) or self._capture(n_frames, bucket)
+        for static, c in zip(inputs, codes, strict=True):
+            static[:b].copy_(c, non_blocking=True)
+            static[b:].copy_(c[:1].expand(bucket - b, -1), non_blocking=True)  # padding rows: any valid codes
+        graph.replay()
+        return out[:b]
+
+    def _capture(self, n_frames: int, bucket: int):
+        inputs = [torch.zeros((bucket, n_frames * k), dtype=torch.long, device=self.device) for k in (1, 2, 4)]
+        self.stream.synchronize()
+        for _ in range(2):  # warm-up outside capture: cuDNN/cuBLAS pick their kernels here
+            self.model.decode(inputs)
+        self.stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        pool = next(iter(self.graphs.values()))[0].pool() if self.graphs else None
+        with torch.cuda.graph(graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
+            out = self.model.decode(inputs)[:, 0]
+        self.graphs[(n_frames, bucket)] = (graph, inputs, out)
+        return self.graphs[(n_frames, bucket)]
 
     def decode_windows(self, windows: list[Window]) -> list[bytes]:
         """One model call for windows of one shape -> each window's kept audio as s16le bytes."""
@@ -143,7 +188,14 @@ class SnacModel:
                 for i, w in enumerate(windows)]  # fmt: skip
 
     def warm_up(self) -> None:
-        self.decode_windows([Window(((0,) * 7,) * WINDOW_FRAMES, 0, WINDOW_FRAMES)])
+        """Every window shape the streams can produce, at every batch bucket (on CUDA: captures the graphs,
+        largest first so the smaller ones reuse its memory pool)."""
+        if not self.use_graphs:  # eager (CPU): one call pays the first-call costs
+            self.decode_windows([Window(((0,) * 7,) * WINDOW_FRAMES, 0, WINDOW_FRAMES)])
+            return
+        for b in reversed(self.buckets):
+            for n in range(1, WINDOW_FRAMES + 1):
+                self.decode_windows([Window(((0,) * 7,) * n, 0, n)] * b)
 
 
 def to_pcm16(audio: torch.Tensor) -> torch.Tensor:
@@ -163,4 +215,4 @@ def load_snac(source: str, cfg: RuntimeConfig) -> SnacModel:
         raise LoadError(f"SNAC decoder {source}: {e}") from e
     device = resolve_device(cfg.snac_device)
     log.info("loading SNAC from %s on %s", source if not pathlib.Path(source).is_dir() else path, device)
-    return SnacModel(SNAC.from_pretrained(str(path)), device)
+    return SnacModel(SNAC.from_pretrained(str(path)), device, cfg.snac_max_batch, cfg.snac_cuda_graphs)
