@@ -38,7 +38,6 @@ class RuntimeConfig:
     max_batch_size: int = 20  # sequences decoded together (engine slots)
     kv_free_gpu_frac: float = 0.92
     cuda_graphs: bool = True
-    admit_every_steps: int = 1  # torch engine: prefill queued requests at most every k decode steps
     decode_attention: str = "auto"  # torch engine: "auto" (triton on CUDA, sdpa on CPU) | "sdpa" | "triton"
 
     # Audio.
@@ -88,7 +87,6 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_DEVICE": "device",
     "ORPHEUS_DTYPE": "dtype",
     "ORPHEUS_CUDA_GRAPHS": "cuda_graphs",
-    "ORPHEUS_ADMIT_EVERY_STEPS": "admit_every_steps",
     "ORPHEUS_DECODE_ATTENTION": "decode_attention",
     "ORPHEUS_SNAC_DEVICE": "snac_device",
     "ORPHEUS_SNAC_CUDA_GRAPHS": "snac_cuda_graphs",

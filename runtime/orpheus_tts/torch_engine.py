@@ -81,13 +81,6 @@ def prefill_step(model: Transformer, sampler: SlotSampler, state: DeviceState, t
     return ids
 
 
-def should_admit(decoding: bool, steps_since_admit: int, admit_every_steps: int) -> bool:
-    """Whether this step prefills queued requests. A prefill runs eagerly between two decode steps and
-    delays every running stream; batching arrivals into fewer prefills (every k steps) costs a new stream
-    at most k steps of first-audio time. An idle engine admits at once."""
-    return not decoding or steps_since_admit + 1 >= admit_every_steps
-
-
 def batch_buckets(capacity: int, step: int = 32) -> list[int]:
     """Batch sizes with a graph of their own: powers of two up to `step`, then every multiple of `step`,
     then the capacity. Past 32 slots a step's cost grows with the batch (attention, sampling), so a batch of
@@ -229,7 +222,6 @@ class TorchEngine:
         self._active: dict[int, _Request] = {}
         self._free: list[int] = list(range(cfg.max_batch_size))[::-1]
         self._finishing: list[_Request] = []  # finished since the last flush
-        self._steps_since_admit = 0
         self.graphs: DecodeGraphs | None = None
 
     @property
@@ -401,9 +393,7 @@ class TorchEngine:
 
     def _step(self) -> None:
         decoding = list(self._active.values())
-        admit = should_admit(bool(decoding), self._steps_since_admit, self.cfg.admit_every_steps)
-        admitted = self._admit() if admit else []
-        self._steps_since_admit = 0 if admitted else self._steps_since_admit + 1
+        admitted = self._admit()
         results: list[tuple[_Request, torch.Tensor]] = []
         if admitted:
             results += self._prefill(admitted)

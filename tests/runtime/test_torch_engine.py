@@ -7,7 +7,7 @@ import torch
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine import EngineError, GenerationRequest, SamplingParams
 from orpheus_tts.model_spec import load_model_spec
-from orpheus_tts.torch_engine import DecodeGraphs, TorchEngine, batch_buckets, should_admit
+from orpheus_tts.torch_engine import DecodeGraphs, TorchEngine, batch_buckets
 
 PROMPTS = [[128259, 128000, 83, 64, 25, 467, 475, 128009, 128260, 128261, 128257],
            [128259, 128000, 500, 501, 128009, 128260, 128261, 128257],
@@ -180,13 +180,6 @@ async def test_not_started_and_closed(make_engine, tiny_model_dir):
     with pytest.raises(EngineError) as e:
         await asyncio.wait_for(running, 10)
     assert e.value.kind == "closed"
-
-
-def test_should_admit():
-    assert should_admit(decoding=False, steps_since_admit=0, admit_every_steps=8)  # idle: at once
-    assert should_admit(decoding=True, steps_since_admit=0, admit_every_steps=1)  # default: every step
-    assert not should_admit(decoding=True, steps_since_admit=3, admit_every_steps=8)
-    assert should_admit(decoding=True, steps_since_admit=7, admit_every_steps=8)
 
 
 def test_batch_buckets():
