@@ -34,9 +34,7 @@ def sdpa_padded(q, k, v, slot_idx, lengths):
     t = int(lengths.max())
     kk, vv = k[slot_idx, :, :t], v[slot_idx, :, :t]
     mask = torch.arange(t, device=q.device)[None, :] < lengths[:, None]
-    out = F.scaled_dot_product_attention(
-        q.unsqueeze(2), kk, vv, attn_mask=mask[:, None, None, :], enable_gqa=True
-    )
+    out = F.scaled_dot_product_attention(q.unsqueeze(2), kk, vv, attn_mask=mask[:, None, None, :], enable_gqa=True)
     return out.squeeze(2)
 
 
