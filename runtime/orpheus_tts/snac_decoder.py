@@ -29,6 +29,7 @@ import torch
 
 from orpheus_tts.audio_codes import Frame, snac_codes
 from orpheus_tts.config import RuntimeConfig
+from orpheus_tts.graph_buckets import batch_buckets
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +115,6 @@ def disable_noise(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def batch_buckets(max_batch: int) -> list[int]:
-    """SNAC batch sizes with a CUDA graph of their own: powers of two up to max_batch, and max_batch."""
-    sizes, b = [], 1
-    while b < max_batch:
-        sizes.append(b)
-        b *= 2
-    return [*sizes, max_batch]
-
-
 class SnacModel:
     """The SNAC network on its device; `decode_windows` is called from the batcher's worker thread.
 
@@ -139,7 +131,8 @@ class SnacModel:
         # A CUDA stream of its own, so SNAC kernels run alongside the engine's decode steps instead of
         # queueing behind them on the default stream.
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.buckets = batch_buckets(max_batch)
+        # Powers of two only: SNAC batches are small and a graph per size is cheap.
+        self.buckets = batch_buckets(max_batch, step=max_batch)
         self.use_graphs = cuda_graphs and device.type == "cuda"
         # (frames, bucket) -> (graph, static codes per level, static audio out)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}

@@ -27,6 +27,7 @@ import torch
 
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine import EngineError, EngineLoad, GenerationRequest
+from orpheus_tts.graph_buckets import batch_buckets
 from orpheus_tts.llama import Transformer, load_transformer
 from orpheus_tts.model_spec import ModelSpec
 from orpheus_tts.sampling import SlotParams, SlotSampler, output_rows
@@ -79,18 +80,6 @@ def prefill_step(model: Transformer, sampler: SlotSampler, state: DeviceState, t
     state.last_token[slots] = ids
     state.lengths[slots] = lengths
     return ids
-
-
-def batch_buckets(capacity: int, step: int = 32) -> list[int]:
-    """Batch sizes with a graph of their own: powers of two up to `step`, then every multiple of `step`,
-    then the capacity. Past 32 slots a step's cost grows with the batch (attention, sampling), so a batch of
-    257 should not pay for 384; 32 apart wastes at most ~12% at 256."""
-    sizes, b = [], 1
-    while b < min(capacity, step):
-        sizes.append(b)
-        b *= 2
-    sizes += range(step, capacity, step)
-    return [*sizes, capacity]
 
 
 class DecodeGraphs:

@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_server import RecordingEngine
 from tokenizers import Tokenizer
 
 from orpheus_tts.audio_codes import frame_to_ids, frames_from_ids
@@ -185,30 +186,6 @@ def test_sampling_params_validation():
         with pytest.raises(SynthesisError) as e:
             sampling_params(cfg, bad)
         assert e.value.code == "invalid_params"
-
-
-class RecordingEngine:
-    """Wraps a real engine and keeps every generated id, per request."""
-
-    def __init__(self, engine) -> None:
-        self.engine, self.ids = engine, {}
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
-
-    def submit(self, request):
-        stream = self.engine.submit(request)
-        ids = self.ids.setdefault(request.request_id, [])
-
-        async def run():
-            try:
-                async for new in stream:
-                    ids.extend(new)
-                    yield new
-            finally:
-                await stream.aclose()
-
-        return run()
 
 
 async def test_real_tiny_model_streamed_equals_offline(make_synth, tiny_model_dir, tokenizer_and_spec):

@@ -6,8 +6,9 @@ import torch
 
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine import EngineError, GenerationRequest, SamplingParams
+from orpheus_tts.graph_buckets import batch_buckets
 from orpheus_tts.model_spec import load_model_spec
-from orpheus_tts.torch_engine import DecodeGraphs, TorchEngine, batch_buckets
+from orpheus_tts.torch_engine import DecodeGraphs, TorchEngine
 
 PROMPTS = [[128259, 128000, 83, 64, 25, 467, 475, 128009, 128260, 128261, 128257],
            [128259, 128000, 500, 501, 128009, 128260, 128261, 128257],
@@ -187,6 +188,7 @@ def test_batch_buckets():
     assert batch_buckets(20) == [1, 2, 4, 8, 16, 20]
     assert batch_buckets(64) == [1, 2, 4, 8, 16, 32, 64]
     assert batch_buckets(200) == [1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 200]
+    assert batch_buckets(100, step=100) == [1, 2, 4, 8, 16, 32, 64, 100]  # SNAC's buckets
 
 
 async def test_padded_buckets_give_same_tokens(make_engine):
