@@ -13,22 +13,10 @@ import json
 
 import torch
 from snac import SNAC
+from step_bench import graph_of  # benchmarks/ is the script directory
 from triton.testing import do_bench
 
-# hubertsiuzdak/snac_24khz's config.json.
-SNAC_24KHZ_CONFIG = dict(
-    sampling_rate=24000,
-    encoder_dim=48,
-    encoder_rates=[2, 4, 8, 8],
-    decoder_dim=1024,
-    decoder_rates=[8, 8, 4, 2],
-    attn_window_size=None,
-    codebook_size=4096,
-    codebook_dim=8,
-    vq_strides=[4, 2, 1],
-    noise=True,
-    depthwise=True,
-)
+from orpheus_tts.tiny_model import SNAC_24KHZ_CONFIG
 
 
 def codes_for(batch: int, frames: int, device: str) -> list[torch.Tensor]:
@@ -39,16 +27,7 @@ def codes_for(batch: int, frames: int, device: str) -> list[torch.Tensor]:
 def timed(model: SNAC, codes: list[torch.Tensor], graph: bool) -> float:
     if not graph:
         return do_bench(lambda: model.decode(codes), return_mode="median")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            model.decode(codes)
-    torch.cuda.current_stream().wait_stream(stream)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        model.decode(codes)
-    return do_bench(g.replay, return_mode="median")
+    return do_bench(graph_of(lambda: model.decode(codes)).replay, return_mode="median")
 
 
 def main() -> None:

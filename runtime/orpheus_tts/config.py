@@ -126,7 +126,9 @@ def _parse(name: str, raw: str) -> Any:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{name}: cannot parse {raw!r} as {kind}") from None
-    return raw or None if "None" in kind else raw
+    if "None" in kind and raw == "":
+        return None  # an empty optional (e.g. TRTLLM_ENGINE_DIR="") means unset
+    return raw
 
 
 def validate(cfg: RuntimeConfig) -> RuntimeConfig:

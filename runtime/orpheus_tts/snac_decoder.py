@@ -29,6 +29,7 @@ import torch
 
 from orpheus_tts.audio_codes import Frame, snac_codes
 from orpheus_tts.config import RuntimeConfig
+from orpheus_tts.devices import pick_device
 from orpheus_tts.graph_buckets import batch_buckets
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,6 @@ class StreamWindows:
             del self._frames[:drop]
             self._base += drop
         return window
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def disable_noise(model: torch.nn.Module) -> torch.nn.Module:
@@ -206,6 +201,6 @@ def load_snac(source: str, cfg: RuntimeConfig) -> SnacModel:
         path = resolve_model(source, None, cfg.hf_token, allow_patterns=SNAC_FILES, offline=cfg.hf_offline)
     except HubError as e:
         raise LoadError(f"SNAC decoder {source}: {e}") from e
-    device = resolve_device(cfg.snac_device)
+    device = pick_device(cfg.snac_device)
     log.info("loading SNAC from %s on %s", source if not pathlib.Path(source).is_dir() else path, device)
     return SnacModel(SNAC.from_pretrained(str(path)), device, cfg.snac_max_batch, cfg.snac_cuda_graphs)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from orpheus_tts.config import RuntimeConfig
+from orpheus_tts.devices import pick_device
 from orpheus_tts.engine import EngineError, EngineLoad, GenerationRequest
 from orpheus_tts.graph_buckets import batch_buckets
 from orpheus_tts.llama import Transformer, load_transformer
@@ -40,10 +41,7 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     """ "auto" means CUDA with bf16 when a GPU is visible, else CPU with fp32 (CPUs are slow at bf16)."""
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    if dev.type == "cuda" and dev.index is None:
-        # torch.cuda.set_device (called from the engine thread) needs an index, not plain "cuda".
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = pick_device(device)
     if dtype == "auto":
         return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
     if dtype not in _DTYPES:

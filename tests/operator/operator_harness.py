@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 import yaml
 from crd_schema import CRD_PATH
+from k8s.control_plane import free_port
 from k8s.waiting import wait_for
 from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
@@ -72,12 +72,6 @@ def install_rbac(
     for doc in docs:
         utils.create_from_dict(api, doc, namespace=doc["metadata"].get("namespace", namespace))
     return docs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OperatorProcess:
