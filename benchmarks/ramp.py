@@ -134,6 +134,18 @@ def main() -> None:
             row["snac_calls"] = batches
             row["snac_mean_batch"] = delta.get("orpheus_snac_batch_size_sum", 0.0) / batches if batches else None
             row["tokens_per_s"] = delta.get("orpheus_generated_tokens_total", 0.0) / row["wall_s"]
+            # The engine loop's own clock: wall time per step vs the GPU time of its decode graph; the
+            # difference is host work (scheduling, fan-out, waiting for the GIL).
+            steps = delta.get("orpheus_engine_steps_total", 0.0)
+            row["engine_steps"] = steps
+            if steps:
+                row["step_ms"] = 1000 * delta.get("orpheus_engine_step_seconds_total", 0.0) / steps
+                for part in ("prefill", "decode"):
+                    gpu_s = delta.get(f"orpheus_engine_{part}_gpu_seconds_total", 0.0)
+                    row[f"{part}_gpu_ms"] = 1000 * gpu_s / steps
+            for name in ("first_token", "first_audio", "event_loop_lag"):
+                count = delta.get(f"orpheus_{name}_seconds_count", 0.0)
+                row[f"server_{name}_mean_s"] = delta.get(f"orpheus_{name}_seconds_sum", 0.0) / count if count else None
             results.append(row)
             print(json.dumps(row), flush=True)
     finally:

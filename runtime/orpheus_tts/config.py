@@ -38,11 +38,13 @@ class RuntimeConfig:
     max_batch_size: int = 20  # sequences decoded together (engine slots)
     kv_free_gpu_frac: float = 0.92
     cuda_graphs: bool = True
+    engine_high_priority: bool = True  # torch engine: decode on a high-priority CUDA stream (SNAC has its own)
+    torch_compile: bool = True  # torch engine and SNAC: fused kernels via torch.compile; CUDA only
     decode_attention: str = "auto"  # torch engine: "auto" (triton on CUDA, sdpa on CPU) | "sdpa" | "triton"
 
     # Audio.
     snac_max_batch: int = 64
-    snac_batch_timeout_ms: float = 5.0
+    snac_batch_timeout_ms: float = 0.0  # 0: decode whatever is queued as soon as the decoder is free
     snac_device: str = "auto"
     snac_cuda_graphs: bool = True  # one CUDA graph per (window length, batch bucket); CUDA only
 
@@ -87,6 +89,8 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_DEVICE": "device",
     "ORPHEUS_DTYPE": "dtype",
     "ORPHEUS_CUDA_GRAPHS": "cuda_graphs",
+    "ORPHEUS_TORCH_COMPILE": "torch_compile",
+    "ORPHEUS_ENGINE_HIGH_PRIORITY": "engine_high_priority",
     "ORPHEUS_DECODE_ATTENTION": "decode_attention",
     "ORPHEUS_SNAC_DEVICE": "snac_device",
     "ORPHEUS_SNAC_CUDA_GRAPHS": "snac_cuda_graphs",

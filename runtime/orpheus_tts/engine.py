@@ -5,9 +5,10 @@ An engine turns a prompt (token ids) into a stream of generated token ids, for m
 reads the output.
 
 Contract:
-- `submit(request)` returns an async iterator of lists of new token ids (one list per engine step
-  for the torch engine; TensorRT-LLM may deliver several ids at once). The stream ends after a stop id
-  (which is not yielded) or after `params.max_tokens` ids.
+- `submit(request)` returns an async iterator of lists of new token ids, in order. How many per list is
+  the backend's choice: the torch engine hands over whole 7-id audio frames (a consumer can use nothing
+  smaller) plus the remainder at the end; TensorRT-LLM whatever its step produced. The stream ends after
+  a stop id (which is not yielded) or after `params.max_tokens` ids.
 - Leaving the iteration early (break, aclose, task cancelled, client gone) frees the request's slot
   within one engine step; so does `cancel(request_id)`.
 - A failure of one request raises `EngineError` from its iterator and leaves the others running.
@@ -60,6 +61,16 @@ class EngineLoad:
     capacity: int
 
 
+@dataclass
+class EngineStats:
+    """Cumulative counters of an engine's loop, for /metrics (backends without them leave them at 0)."""
+
+    steps: int = 0  # loop iterations that ran a prefill and/or a decode step
+    step_seconds: float = 0.0  # their wall time, host work included
+    prefill_gpu_seconds: float = 0.0  # GPU time of the prefills (CUDA events; 0 on CPU)
+    decode_gpu_seconds: float = 0.0  # GPU time of the decode steps (CUDA events; 0 on CPU)
+
+
 class EngineError(RuntimeError):
     """A request failed inside the engine; `kind` is a short label for metrics."""
 
@@ -73,6 +84,9 @@ class Engine(Protocol):
     def capacity(self) -> int: ...
 
     def load(self) -> EngineLoad: ...
+
+    @property
+    def stats(self) -> EngineStats: ...
 
     async def start(self) -> None:
         """Loads weights, allocates caches, warms up (compiles / captures graphs)."""

@@ -11,8 +11,11 @@ that HF checkpoints load unchanged and the logits match (tests/runtime/test_llam
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,24 +51,60 @@ def rope_tables(shape: LlamaShape, max_seq: int, device: torch.device) -> tuple[
     return emb.cos().to(device), emb.sin().to(device)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x `[..., heads, T, D]`, cos/sin broadcastable `[..., 1, T, D]` already in x's dtype."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # In fp32 like HF: bf16 variance loses too much.
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The residual stream after adding `delta`, and its norm (one fused kernel when compiled)."""
+    h = x + delta
+    return h, rms_norm(h, weight, eps)
+
+
+def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate-half RoPE on q `[..., Hq, T, D]` and k `[..., Hkv, T, D]`; cos/sin `[..., 1, T, D]` in their dtype."""
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+    return rotate(q), rotate(k)
+
+
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+@dataclass(frozen=True)
+class LayerOps:
+    """The elementwise pieces of a layer. Eager, each is several small kernels (about 30 per layer per
+    step); `compiled_ops()` fuses each into one Triton kernel, which is most of what separates a decode
+    step from its GEMMs and attention at small batches (docs/benchmarks.md)."""
+
+    rms_norm: Callable = rms_norm
+    add_rms_norm: Callable = add_rms_norm
+    rope: Callable = rope
+    swiglu: Callable = swiglu
+
+
+def compiled_ops() -> LayerOps:
+    """torch.compile'd LayerOps, dynamic in batch and length so one compilation serves every CUDA-graph
+    bucket and prefill shape (nano-vllm compiles the same pieces)."""
+    c = functools.partial(torch.compile, dynamic=True, fullgraph=True)
+    return LayerOps(c(rms_norm), c(add_rms_norm), c(rope), c(swiglu))
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+    """Holds a norm's weight under HF's state-dict name; the math is `rms_norm` (via LayerOps)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In fp32 like HF: bf16 variance loses too much.
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
 
 
 class Int8Linear(nn.Module):
@@ -97,25 +136,23 @@ class Block(nn.Module):
         self.wo = _linear(q_dim, shape.hidden_size, int8)
         self.w13 = _linear(shape.hidden_size, 2 * shape.intermediate_size, int8)
         self.w2 = _linear(shape.intermediate_size, shape.hidden_size, int8)
-        self.attention_norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
-        self.ffn_norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
+        self.attention_norm = RMSNorm(shape.hidden_size)
+        self.ffn_norm = RMSNorm(shape.hidden_size)
 
-    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x `[N, T, H]` -> q `[N, Hq, T, D]`, k and v `[N, Hkv, T, D]`."""
-        n, t, _ = x.shape
+    def qkv(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """normed input `[N, T, H]` -> q `[N, Hq, T, D]`, k and v `[N, Hkv, T, D]`."""
+        n, t, _ = normed.shape
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        q, k, v = self.wqkv(self.attention_norm(x)).split([q_dim, kv_dim, kv_dim], dim=-1)
+        q, k, v = self.wqkv(normed).split([q_dim, kv_dim, kv_dim], dim=-1)
         q = q.view(n, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(n, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = v.view(n, t, self.n_kv, self.head_dim).transpose(1, 2)
         return q, k, v
 
-    def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """Residual + output projection + SwiGLU MLP. attn `[N, Hq, T, D]`."""
+    def out(self, attn: torch.Tensor) -> torch.Tensor:
+        """Output projection of attn `[N, Hq, T, D]` -> `[N, T, H]` (before the residual)."""
         n, _, t, _ = attn.shape
-        h = x + self.wo(attn.transpose(1, 2).reshape(n, t, -1))
-        gate, up = self.w13(self.ffn_norm(h)).chunk(2, dim=-1)
-        return h + self.w2(F.silu(gate) * up)
+        return self.wo(attn.transpose(1, 2).reshape(n, t, -1))
 
 
 class Transformer(nn.Module):
@@ -124,12 +161,13 @@ class Transformer(nn.Module):
         self.shape = shape
         self.tok_embeddings = nn.Embedding(shape.vocab_size, shape.hidden_size)
         self.layers = nn.ModuleList(Block(shape, int8) for _ in range(shape.num_layers))
-        self.norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
+        self.norm = RMSNorm(shape.hidden_size)
         self.output = None if shape.tie_word_embeddings else nn.Linear(shape.hidden_size, shape.vocab_size, bias=False)
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
         self.out_weight: torch.Tensor | None = None
         self.attention = "sdpa"
+        self.ops = LayerOps()
 
     # -- setup --------------------------------------------------------------------------------------
 
@@ -159,8 +197,30 @@ class Transformer(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.norm(h), self.out_weight)
+    def logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """Output-layer logits `[..., rows]` of final-normed hidden states."""
+        return F.linear(normed, self.out_weight)
+
+    def compile_ops(self) -> None:
+        """Fused elementwise kernels (torch.compile, CUDA); compiled at first use, i.e. during warm-up."""
+        self.ops = compiled_ops()
+
+    def _layers(self, x: torch.Tensor, attend: Callable) -> torch.Tensor:
+        """The layer stack over embeddings x `[N, T, H]`; `attend(i, q, k, v)` does layer i's RoPE'd
+        attention (and cache writes). Returns the final norm of the residual stream.
+
+        The residual add of each sub-layer is fused into the next norm (`add_rms_norm`), as vLLM does."""
+        ops, eps = self.ops, self.shape.rms_norm_eps
+        h, delta = x, None
+        for i, layer in enumerate(self.layers):
+            if delta is None:
+                normed = ops.rms_norm(h, layer.attention_norm.weight, eps)
+            else:
+                h, normed = ops.add_rms_norm(h, delta, layer.attention_norm.weight, eps)
+            attn = attend(i, *layer.qkv(normed))
+            h, normed = ops.add_rms_norm(h, layer.out(attn), layer.ffn_norm.weight, eps)
+            delta = layer.w2(ops.swiglu(layer.w13(normed)))
+        return ops.add_rms_norm(h, delta, self.norm.weight, eps)[1]
 
     def prefill(self, tokens: torch.Tensor, slots: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Fresh sequences into cache rows `slots`: tokens `[N, T]` right-padded, `lengths[N]` real lengths.
@@ -168,44 +228,43 @@ class Transformer(nn.Module):
         Returns the logits `[N, rows]` at each sequence's last real token. Padding positions write junk
         into the cache beyond each length; lengths mask it, and decoding overwrites it."""
         n, t = tokens.shape
-        x = self.tok_embeddings(tokens)
         cos, sin = self.cos[:t][None, None], self.sin[:t][None, None]
-        for i, layer in enumerate(self.layers):
-            q, k, v = layer.qkv(x)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            q, k = self.ops.rope(q, k, cos, sin)
             self.k_cache[i, slots, :, :t] = k
             self.v_cache[i, slots, :, :t] = v
             # Causal within the prompt is all a fresh sequence needs; padding sits after the real tokens.
-            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            x = layer.finish(x, attn)
-        last = x[torch.arange(n, device=x.device), lengths - 1]
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+        normed = self._layers(self.tok_embeddings(tokens), attend)
+        last = normed[torch.arange(n, device=tokens.device), lengths - 1]
         return self.logits(last)
 
     def decode(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One token per sequence: tokens, slots, positions `[B]` (position = tokens already cached).
 
         Static shapes and no host syncs, so the call can be captured in a CUDA graph. Returns `[B, rows]`."""
-        b = tokens.shape[0]
-        x = self.tok_embeddings(tokens)[:, None]  # [B, 1, H]
         cos, sin = self.cos[positions][:, None, None], self.sin[positions][:, None, None]
         lengths = positions + 1
-        max_seq = self.k_cache.shape[3]
-        mask = (torch.arange(max_seq, device=tokens.device)[None] < lengths[:, None])[:, None, None]
-        for i, layer in enumerate(self.layers):
-            q, k, v = layer.qkv(x)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.attention == "triton":
+            from orpheus_tts.decode_attention import decode_attention
+        else:
+            max_seq = self.k_cache.shape[3]
+            mask = (torch.arange(max_seq, device=tokens.device)[None] < lengths[:, None])[:, None, None]
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            q, k = self.ops.rope(q, k, cos, sin)
             self.k_cache[i, slots, :, positions] = k[:, :, 0]
             self.v_cache[i, slots, :, positions] = v[:, :, 0]
             if self.attention == "triton":
-                from orpheus_tts.decode_attention import decode_attention
+                return decode_attention(q[:, :, 0], self.k_cache[i], self.v_cache[i], slots, lengths)[:, :, None]
+            # Reads each slot's whole cache row; the Triton kernel reads only the valid prefix.
+            k_all, v_all = self.k_cache[i, slots], self.v_cache[i, slots]
+            return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=True)
 
-                attn = decode_attention(q[:, :, 0], self.k_cache[i], self.v_cache[i], slots, lengths)[:, :, None]
-            else:
-                # Reads each slot's whole cache row; the Triton kernel reads only the valid prefix.
-                k_all, v_all = self.k_cache[i, slots], self.v_cache[i, slots]
-                attn = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=True)
-            x = layer.finish(x, attn)
-        return self.logits(x[:, 0]).view(b, -1)
+        normed = self._layers(self.tok_embeddings(tokens)[:, None], attend)
+        return self.logits(normed[:, 0])
 
 
 # -- weights ------------------------------------------------------------------------------------------

@@ -6,12 +6,11 @@ real-time factor (wall time / audio time) stays below 1.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from orpheus_tts.engine import EngineLoad
+from orpheus_tts.engine import Engine
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -27,6 +26,8 @@ class Metrics:
         self.engine_active = Gauge("orpheus_engine_active_requests", "Engine requests holding a slot", registry=r)
         self.engine_queued = Gauge("orpheus_engine_queued_requests", "Engine requests waiting for a slot",
                                    registry=r)  # fmt: skip
+        self.first_token = Histogram("orpheus_first_token_seconds", "Request received -> first generated tokens",
+                                     buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.first_audio = Histogram("orpheus_first_audio_seconds", "Request received -> first audio bytes ready",
                                      buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.real_time_factor = Histogram("orpheus_real_time_factor", "Synthesis wall time / audio duration, "
@@ -37,14 +38,35 @@ class Metrics:
                                       registry=r)  # fmt: skip
         self.snac_batch_size = Histogram("orpheus_snac_batch_size", "Windows per SNAC model call",
                                          buckets=_BATCH_BUCKETS, registry=r)  # fmt: skip
+        self.loop_lag = Histogram("orpheus_event_loop_lag_seconds", "How late the event loop ran a 100 ms timer",
+                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25), registry=r)  # fmt: skip
         self.errors = Counter("orpheus_errors", "Errors by kind", ["kind"], registry=r)
         self.rejected = Counter("orpheus_rejected_streams", "Streams refused by admission control or drain",
                                 ["reason"], registry=r)  # fmt: skip
 
-    def track_engine(self, load: Callable[[], EngineLoad]) -> None:
-        """Engine occupancy, read at scrape time."""
-        self.engine_active.set_function(lambda: load().active)
-        self.engine_queued.set_function(lambda: load().queued)
+    def track_engine(self, engine: Engine) -> None:
+        """Engine occupancy and loop counters, read at scrape time."""
+        self.engine_active.set_function(lambda: engine.load().active)
+        self.engine_queued.set_function(lambda: engine.load().queued)
+        self.registry.register(_EngineStatsCollector(engine))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EngineStatsCollector:
+    """The engine loop's own counters. Step seconds minus the GPU seconds is the host's share of the loop
+    (scheduling, fan-out, waiting for the GIL): the docs/benchmarks.md analysis of host overhead uses it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self):
+        s = self.engine.stats
+        for name, doc, value in [
+            ("orpheus_engine_steps", "Engine loop iterations that prefilled and/or decoded", s.steps),
+            ("orpheus_engine_step_seconds", "Wall time of those iterations, host work included", s.step_seconds),
+            ("orpheus_engine_prefill_gpu_seconds", "GPU time of the prefills", s.prefill_gpu_seconds),
+            ("orpheus_engine_decode_gpu_seconds", "GPU time of the decode steps", s.decode_gpu_seconds),
+        ]:
+            yield CounterMetricFamily(name, doc, value=value)

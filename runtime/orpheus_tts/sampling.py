@@ -73,6 +73,12 @@ def sample_from_logits(
     return torch.where(temperature > 0, sampled, greedy)
 
 
+def draw(cand: torch.Tensor, seeds: torch.Tensor, counters: torch.Tensor, temperature: torch.Tensor,
+         top_p: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Candidate index per row: the hashed uniforms and the sampling, as one function to compile."""
+    return sample_from_logits(cand, temperature, top_p, hashed_uniform(seeds, counters, cand.shape[-1]))
+
+
 @dataclass
 class SlotParams:
     """Host-side sampling settings of one request, written into its slot at admission."""
@@ -101,6 +107,11 @@ class SlotSampler:
         self.seeds = torch.zeros(slots, **i64)
         self.generated = torch.zeros(slots, **i64)  # tokens generated so far = index of the next one
         self.present = torch.zeros(slots, spec.audio_rows, dtype=torch.bool, device=device)
+        self.draw = draw
+
+    def compile(self) -> None:
+        """Fuses the ~40 elementwise kernels of hashing and top-p into a few (torch.compile, CUDA)."""
+        self.draw = torch.compile(draw, dynamic=True)
 
     def reset(self, slot: int, p: SlotParams) -> None:
         self.temperature[slot] = p.temperature
@@ -130,8 +141,7 @@ class SlotSampler:
         """Token ids `[B]` for the slots' next positions; then advances their state."""
         cand = self.candidates(logits, slots)
         gen = self.generated[slots]
-        uniform = hashed_uniform(self.seeds[slots], gen, cand.shape[-1])
-        idx = sample_from_logits(cand, self.temperature[slots], self.top_p[slots], uniform)
+        idx = self.draw(cand, self.seeds[slots], gen, self.temperature[slots], self.top_p[slots])
         is_audio = idx < self.block
         pos = gen % self.frame
         audio_id = self.audio_offset + pos * self.block + idx

@@ -145,6 +145,7 @@ class ServerState:
 
 STATE = web.AppKey("state", ServerState)
 LOAD_TASK = web.AppKey("load_task", asyncio.Task)
+LAG_TASK = web.AppKey("loop_lag_task", asyncio.Task)
 
 
 async def start_model(state: ServerState, loaded: LoadedModel | None, snac: SnacModel | None) -> None:
@@ -164,7 +165,7 @@ async def start_model(state: ServerState, loaded: LoadedModel | None, snac: Snac
                                 cfg.snac_batch_timeout_ms, on_call=state.metrics.snac_batch_size.observe)  # fmt: skip
     state.batcher.start()
     state.synth = Synthesizer(loaded.engine, loaded.spec, loaded.tokenizer, state.batcher, cfg, state.metrics)
-    state.metrics.track_engine(loaded.engine.load)
+    state.metrics.track_engine(loaded.engine)
     state.ready = True
     log.info("ready: %s, %d streams", loaded.description, cfg.stream_limit)
 
@@ -430,6 +431,16 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+async def watch_loop_lag(metrics: Metrics, period_s: float = 0.1) -> None:
+    """How late the event loop runs a timer: every stream's bytes go through this loop, so its lag adds to
+    every stream's latency (and shows when the host, not the GPU, is the bottleneck)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(period_s)
+        metrics.loop_lag.observe(max(0.0, loop.time() - t - period_s))
+
+
 def create_app(cfg: RuntimeConfig, loaded: LoadedModel | None = None, *, snac: SnacModel | None = None,
                background_load: bool = False) -> web.Application:  # fmt: skip
     """`loaded`/`snac` None: loaded from cfg. `background_load`: serve probes while loading (`serve`);
@@ -457,12 +468,14 @@ def create_app(cfg: RuntimeConfig, loaded: LoadedModel | None = None, *, snac: S
                 raise
 
     async def on_startup(app: web.Application) -> None:
+        app[LAG_TASK] = asyncio.create_task(watch_loop_lag(state.metrics), name="loop-lag")
         if background_load:
             app[LOAD_TASK] = asyncio.create_task(load(), name="load-model")
         else:
             await load()
 
     async def on_cleanup(app: web.Application) -> None:
+        app[LAG_TASK].cancel()
         if LOAD_TASK in app:
             app[LOAD_TASK].cancel()
             await asyncio.gather(app[LOAD_TASK], return_exceptions=True)

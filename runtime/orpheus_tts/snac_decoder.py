@@ -13,9 +13,11 @@ the next one exists), left context only compute, hence 2 left / 1 right: first a
 Streams end with their true right edge (the last window is decoded without padding), and the first
 windows start at the true left edge, so both edges match the offline decode exactly.
 
-Window shapes: steady-state windows are always WINDOW_FRAMES long (extra left context is harmless), so
-the windows of all streams batch into one model call; only stream starts and short utterances produce
-shorter windows (1..WINDOW_FRAMES-1 frames), a fixed small set.
+Window shapes: a window is its emitted frames plus 2 left and 1 right: 4..WINDOW_FRAMES frames in steady
+state, fewer at a stream's start (1..WINDOW_FRAMES frames in all, a small fixed set). Windows of one shape
+batch into one model call. A window that emits one frame decodes 4, not WINDOW_FRAMES: under load, when
+listeners' buffers run low and frames go out one by one, that keeps SNAC's share of the GPU from growing
+exactly when the GPU is short.
 """
 
 from __future__ import annotations
@@ -84,16 +86,53 @@ class StreamWindows:
         return self._take(self.emitted + count, self.emitted + count + RIGHT_CONTEXT)
 
     def _take(self, emit_to: int, end: int) -> Window:
-        # start <= emitted - LEFT_CONTEXT because emit_to - emitted <= MAX_EMIT, or start is the true edge.
-        start = max(0, end - WINDOW_FRAMES)
+        start = max(0, self.emitted - LEFT_CONTEXT)
         frames = tuple(self._frames[start - self._base : end - self._base])
         window = Window(frames, self.emitted - start, emit_to - start)
         self.emitted = emit_to
-        drop = self.emitted - WINDOW_FRAMES - self._base  # no later window starts before emitted - WINDOW
+        drop = self.emitted - LEFT_CONTEXT - self._base  # no later window starts before emitted - LEFT_CONTEXT
         if drop > 0:
             del self._frames[:drop]
             self._base += drop
         return window
+
+
+def _snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+
+
+class _Snake(torch.nn.Module):
+    """snac's Snake1d without its TorchScript function (torch.compile cannot trace into TorchScript)."""
+
+    def __init__(self, alpha: torch.nn.Parameter) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _snake(x, self.alpha)
+
+
+def fold_weight_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """The same function, cheaper: weight_norm recomputes every conv's weight from (g, v) on every call;
+    fold it once. (Edits the parametrized classes, which deepcopies share: fold only a model of its own.)"""
+    from torch.nn.utils import parametrize
+
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model
+
+
+def plain_snake(model: torch.nn.Module) -> torch.nn.Module:
+    """Snake activations without TorchScript, for torch.compile to fuse. Uncompiled, keep SNAC's own: its
+    TorchScript function is fused by the TorchScript fuser on CUDA, and the plain one is 5 kernels."""
+    from snac.layers import Snake1d
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Snake1d):
+                setattr(module, name, _Snake(child.alpha))
+    return model
 
 
 def disable_noise(model: torch.nn.Module) -> torch.nn.Module:
@@ -120,9 +159,15 @@ class SnacModel:
     A batch is padded up to its bucket (at most 2x at small sizes, where graphs gain most)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, max_batch: int = 64,
-                 cuda_graphs: bool = True) -> None:  # fmt: skip
-        self.model = model.eval().to(device)
+                 cuda_graphs: bool = True, compile: bool = False) -> None:  # fmt: skip
+        self.model = fold_weight_norm(model.eval().to(device))
         self.device = device
+        # torch.compile (CUDA): fused Snake, conv epilogues and code lookups; dynamic, so one compilation
+        # serves every window length and batch bucket. Compiled at the first call, i.e. in warm_up.
+        if compile and device.type == "cuda":
+            self._decode = torch.compile(plain_snake(self.model).decode, dynamic=True)
+        else:
+            self._decode = self.model.decode
         # A CUDA stream of its own, so SNAC kernels run alongside the engine's decode steps instead of
         # queueing behind them on the default stream.
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -144,7 +189,7 @@ class SnacModel:
         n_frames, b = len(batch[0]), len(batch)
         bucket = next((size for size in self.buckets if size >= b), None)
         if not self.use_graphs or bucket is None:
-            return self.model.decode([c.to(self.device) for c in codes])[:, 0]
+            return self._decode([c.to(self.device) for c in codes])[:, 0]
         graph, inputs, out = self.graphs.get((n_frames, bucket)) or self._capture(n_frames, bucket)
         for static, c in zip(inputs, codes, strict=True):
             static[:b].copy_(c, non_blocking=True)
@@ -155,13 +200,13 @@ class SnacModel:
     def _capture(self, n_frames: int, bucket: int):
         inputs = [torch.zeros((bucket, n_frames * k), dtype=torch.long, device=self.device) for k in (1, 2, 4)]
         self.stream.synchronize()
-        for _ in range(2):  # warm-up outside capture: cuDNN/cuBLAS pick their kernels here
-            self.model.decode(inputs)
+        for _ in range(2):  # warm-up outside capture: compilation, cuDNN/cuBLAS kernel choice
+            self._decode(inputs)
         self.stream.synchronize()
         graph = torch.cuda.CUDAGraph()
         pool = next(iter(self.graphs.values()))[0].pool() if self.graphs else None
         with torch.cuda.graph(graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
-            out = self.model.decode(inputs)[:, 0]
+            out = self._decode(inputs)[:, 0]
         self.graphs[(n_frames, bucket)] = (graph, inputs, out)
         return self.graphs[(n_frames, bucket)]
 
@@ -203,4 +248,5 @@ def load_snac(source: str, cfg: RuntimeConfig) -> SnacModel:
         raise LoadError(f"SNAC decoder {source}: {e}") from e
     device = pick_device(cfg.snac_device)
     log.info("loading SNAC from %s on %s", source if not pathlib.Path(source).is_dir() else path, device)
-    return SnacModel(SNAC.from_pretrained(str(path)), device, cfg.snac_max_batch, cfg.snac_cuda_graphs)
+    return SnacModel(SNAC.from_pretrained(str(path)), device, cfg.snac_max_batch, cfg.snac_cuda_graphs,
+                     cfg.torch_compile)  # fmt: skip

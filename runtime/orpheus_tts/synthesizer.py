@@ -32,10 +32,18 @@ from orpheus_tts.snac_batcher import SnacBatcher
 from orpheus_tts.snac_decoder import MAX_EMIT, SAMPLE_RATE, SAMPLES_PER_FRAME, StreamWindows, Window
 
 SAMPLING_FIELDS = ("temperature", "top_p", "repetition_penalty", "max_tokens", "min_tokens", "seed")
-# While the listener has more than this much audio buffered, windows wait for MAX_EMIT frames: one decode
-# of WINDOW_FRAMES per 4 frames instead of per frame (a fast decoder would otherwise always take the single
-# newest frame: 7x the SNAC work). Below it, every frame goes out as soon as it can be decoded.
-EMIT_AHEAD_S = 0.5
+FRAMES_PER_S = SAMPLE_RATE / SAMPLES_PER_FRAME
+
+
+def min_emit(buffered: float) -> int:
+    """Frames a window waits for, given the audio (seconds) the listener has left to play.
+
+    A window emitting k frames decodes k + 3 (its context): one frame at a time is 4x the SNAC work per
+    frame, 4 at a time 1.75x. Waiting for k frames is safe while the listener has k frames left (the
+    engine makes frames at least as fast as real time when the GPU is not overloaded), so a window waits
+    for as many as the buffer covers, up to MAX_EMIT; with nothing buffered (first audio, or a stall) every
+    frame goes out as soon as it can be decoded."""
+    return max(1, min(MAX_EMIT, int(buffered * FRAMES_PER_S)))
 
 
 def buffered_s(emitted_frames: int, first_audio_at: float | None) -> float:
@@ -80,6 +88,7 @@ class Utterance:
 
     windows: StreamWindows
     wake: asyncio.Event
+    started: float
     tokens: int = 0
     dropped_frames: int = 0
 
@@ -104,7 +113,7 @@ class Synthesizer:
     async def stream(self, prompts: list[list[int]], params: SamplingParams) -> AsyncIterator[bytes]:
         """PCM chunks of the whole utterance, in order. Raises SynthesisError if generation or decoding fails."""
         start = time.monotonic()
-        utt = Utterance(StreamWindows(), asyncio.Event())
+        utt = Utterance(StreamWindows(), asyncio.Event(), start)
         generator = asyncio.create_task(self._generate(prompts, params, utt), name="generate")
         first_audio_at: float | None = None
         try:
@@ -113,14 +122,16 @@ class Synthesizer:
                 finished = generator.done()
                 if finished and generator.exception() is not None:
                     raise generator.exception()  # type: ignore[misc]
-                slack = buffered_s(utt.windows.emitted, first_audio_at) - EMIT_AHEAD_S
-                window = utt.windows.next_window(final=finished, min_emit=MAX_EMIT if slack > 0 else 1)
+                buffered = buffered_s(utt.windows.emitted, first_audio_at)
+                wait_for = min_emit(buffered)
+                window = utt.windows.next_window(final=finished, min_emit=wait_for)
                 if window is None:
                     if finished:
                         break
-                    # A new frame, or the listener's buffer running low (held-back frames must go), wakes us.
+                    # A new frame wakes us, or the buffer shrinking to where fewer frames must go out.
+                    timeout = (buffered - (wait_for - 1) / FRAMES_PER_S) if wait_for > 1 else None
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(utt.wake.wait(), slack if slack > 0 else None)
+                        await asyncio.wait_for(utt.wake.wait(), timeout)
                     continue
                 try:
                     pcm = await self.batcher.decode(window)
@@ -155,6 +166,8 @@ class Synthesizer:
         stream = self.engine.submit(request)
         try:
             async for ids in stream:
+                if utt.tokens == 0:
+                    self.metrics.first_token.observe(time.monotonic() - utt.started)
                 utt.tokens += len(ids)
                 self.metrics.generated_tokens.inc(len(ids))
                 new = frames.push(ids)

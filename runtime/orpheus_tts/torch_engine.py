@@ -7,6 +7,9 @@ per step for all slots.
 
 A step: admit queued requests into free slots (FIFO) and prefill them together, decode one token for
 every slot that was already running, then ONE device->host copy of all the new ids, then the fan-out.
+Ids are handed to a stream a whole audio frame (7 ids) at a time: its consumer can use nothing smaller,
+and at hundreds of streams a wake-up of every stream's task at every step is what the event loop spends
+its time on.
 The device-side work of a decode step is `decode_step` over static buffers, so it can be captured in a
 CUDA graph per batch size (see `DecodeGraphs`).
 """
@@ -19,6 +22,7 @@ import pathlib
 import queue
 import secrets
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,11 +31,11 @@ import torch
 
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.devices import pick_device
-from orpheus_tts.engine import EngineError, EngineLoad, GenerationRequest
-from orpheus_tts.graph_buckets import batch_buckets
-from orpheus_tts.llama import Transformer, load_transformer
+from orpheus_tts.engine import EngineError, EngineLoad, EngineStats, GenerationRequest
+from orpheus_tts.llama import load_transformer
 from orpheus_tts.model_spec import ModelSpec
 from orpheus_tts.sampling import SlotParams, SlotSampler, output_rows
+from orpheus_tts.step_graphs import DecodeGraphs, DeviceState, PrefillGraphs, decode_step, prefill_step
 
 log = logging.getLogger(__name__)
 
@@ -49,90 +53,6 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     return dev, _DTYPES[dtype]
 
 
-@dataclass
-class DeviceState:
-    """What a decode step reads and writes besides the model's KV cache and the sampler: per slot, the
-    last generated token (the next step's input) and how many positions its cache row holds."""
-
-    last_token: torch.Tensor
-    lengths: torch.Tensor
-
-
-def decode_step(model: Transformer, sampler: SlotSampler, state: DeviceState, slots: torch.Tensor) -> torch.Tensor:
-    """One token for each of `slots`; device-only, static shapes, no host sync (CUDA-graph capturable)."""
-    # Padding entries of a bucketed batch all decode the scratch slot, whose length would otherwise grow
-    # past the cache; real slots never reach the clamp (prompt + max_tokens <= max_seq).
-    positions = state.lengths[slots].clamp(max=model.k_cache.shape[3] - 1)
-    logits = model.decode(state.last_token[slots], slots, positions)
-    ids = sampler.sample(logits, slots)
-    state.last_token[slots] = ids
-    state.lengths[slots] = positions + 1
-    return ids
-
-
-def prefill_step(model: Transformer, sampler: SlotSampler, state: DeviceState, tokens: torch.Tensor,
-                 slots: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """Prompts (right-padded `[N, T]`) into fresh slots; returns each one's first generated token."""
-    logits = model.prefill(tokens, slots, lengths)
-    ids = sampler.sample(logits, slots)
-    state.last_token[slots] = ids
-    state.lengths[slots] = lengths
-    return ids
-
-
-class DecodeGraphs:
-    """`decode_step` at a fixed set of batch sizes, one CUDA graph per size (`capture=True`, CUDA only).
-
-    A decode step launches hundreds of small kernels; at small batches launching them costs more than
-    running them. A graph replays them all at once. A batch of n slots runs the smallest bucket >= n, with
-    the extra entries pointing at the scratch slot; their results are discarded. With `capture=False` the
-    same padded step runs eagerly, which is how the CPU tests check the padding.
-    """
-
-    def __init__(self, model: Transformer, sampler: SlotSampler, state: DeviceState, capacity: int,
-                 scratch_slot: int, capture: bool) -> None:  # fmt: skip
-        self.model, self.sampler, self.state = model, sampler, state
-        self.scratch = scratch_slot
-        self.buckets = batch_buckets(capacity)
-        device = state.lengths.device
-        self.slots = {b: torch.full((b,), scratch_slot, dtype=torch.long, device=device) for b in self.buckets}
-        self.outputs: dict[int, torch.Tensor] = {}
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        if capture:
-            self._capture()
-
-    def _capture(self) -> None:
-        pool = None
-        # Largest first: smaller graphs then fit in the memory pool the largest one reserved.
-        for b in reversed(self.buckets):
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside capture: lazy inits, Triton autotune/compile
-                decode_step(self.model, self.sampler, self.state, self.slots[b])
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: other threads (the SNAC decoder warming up) may use the GPU meanwhile.
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                self.outputs[b] = decode_step(self.model, self.sampler, self.state, self.slots[b])
-            pool = graph.pool()
-            self.graphs[b] = graph
-        torch.cuda.synchronize()
-        # Capture and warm-up advanced the scratch slot; give it a clean start.
-        self.state.lengths[self.scratch] = 0
-
-    def run(self, slots: list[int]) -> torch.Tensor:
-        n = len(slots)
-        b = next(size for size in self.buckets if size >= n)
-        padded = torch.tensor(slots + [self.scratch] * (b - n), dtype=torch.long)
-        self.slots[b].copy_(padded, non_blocking=True)
-        if b in self.graphs:
-            self.graphs[b].replay()
-            out = self.outputs[b]
-        else:
-            out = decode_step(self.model, self.sampler, self.state, self.slots[b])
-        return out[:n]
-
-
 @dataclass(eq=False)
 class _Request:
     """Shared by both threads: the loop side only reads `queue`/`loop`, the engine thread the rest."""
@@ -146,7 +66,8 @@ class _Request:
     cancelled: bool = False
     slot: int = -1
     generated: int = 0
-    pending: list[Any] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # generated, not yet handed over
+    final: Any = None  # _END or an EngineError, once finished
 
 
 class _Stream:
@@ -197,6 +118,8 @@ class TorchEngine:
         self.device, self.dtype = resolve_device(cfg.device, cfg.dtype)
         self.max_seq = cfg.max_input_len + cfg.max_output_len
         self._stop_ids = frozenset(spec.stop_ids)
+        self._deliver_every = spec.codes_per_frame
+        self.stats = EngineStats()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._live: dict[str, _Request] = {}  # submitted and not finished, under _lock
@@ -208,8 +131,10 @@ class TorchEngine:
         self._pending: deque[_Request] = deque()
         self._active: dict[int, _Request] = {}
         self._free: list[int] = list(range(cfg.max_batch_size))[::-1]
-        self._finishing: list[_Request] = []  # finished since the last flush
+        self._ready: dict[int, _Request] = {}  # id(r) -> r, with ids or an end to hand over at the next flush
         self.graphs: DecodeGraphs | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
+        self._events: list[torch.cuda.Event] | None = None  # CUDA only
 
     @property
     def capacity(self) -> int:
@@ -251,6 +176,9 @@ class TorchEngine:
                                   "or the input/output lengths", "startup") from None  # fmt: skip
             self.model.set_output_rows(output_rows(self.spec))
             self.sampler = SlotSampler(self.spec, slots, self.device)
+            if self.cfg.torch_compile and self.device.type == "cuda":
+                self.model.compile_ops()
+                self.sampler.compile()
             self.state = DeviceState(
                 last_token=torch.zeros(slots, dtype=torch.long, device=self.device),
                 lengths=torch.zeros(slots, dtype=torch.long, device=self.device),
@@ -258,8 +186,12 @@ class TorchEngine:
             self._warm_up()
             use_graphs = self.cfg.cuda_graphs and self.device.type == "cuda"
             # Without graphs, decode the exact batch: padding would only add work.
-            self.graphs = DecodeGraphs(self.model, self.sampler, self.state, self.capacity, self.scratch_slot,
-                                       capture=True) if use_graphs else None  # fmt: skip
+            if use_graphs:
+                self.graphs = DecodeGraphs(self.model, self.sampler, self.state, self.capacity, self.scratch_slot,
+                                           capture=True)  # fmt: skip
+                most = min(self.capacity, 32)  # prompts per prefill replay; more take several
+                self.prefill_graphs = PrefillGraphs(self.model, self.sampler, self.state, most, self.cfg.max_input_len,
+                                                    self.scratch_slot, capture=True)  # fmt: skip
 
     def _attention_kind(self) -> str:
         choice = self.cfg.decode_attention
@@ -271,12 +203,14 @@ class TorchEngine:
         return choice
 
     def _warm_up(self) -> None:
-        """A prefill and a decode on the scratch slot: first-call costs (kernel selection, Triton
-        compilation) are paid here rather than by the first request."""
-        scratch = torch.tensor([self.scratch_slot], device=self.device)
-        tokens = torch.tensor([[self.spec.start_of_human, self.spec.bos]], device=self.device)
-        prefill_step(self.model, self.sampler, self.state, tokens, scratch, torch.tensor([2], device=self.device))
-        decode_step(self.model, self.sampler, self.state, scratch)
+        """Prefills and decodes of one and of two sequences on the scratch slot: first-call costs (kernel
+        selection, Triton and torch.compile compilation, which specialises batch 1) are paid here rather
+        than by the first requests."""
+        for n in (1, 2):
+            scratch = torch.full((n,), self.scratch_slot, device=self.device)
+            tokens = torch.tensor([[self.spec.start_of_human, self.spec.bos]] * n, device=self.device)
+            prefill_step(self.model, self.sampler, self.state, tokens, scratch, torch.full((n,), 2, device=self.device))
+            decode_step(self.model, self.sampler, self.state, scratch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -342,10 +276,16 @@ class TorchEngine:
     # -- the compute thread -------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        stream = None
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # graphs replay and kernels launch on the engine's GPU
+            self._events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+            if self.cfg.engine_high_priority:
+                # SNAC runs on a stream of its own: with this, its kernels fill the SMs around the decode
+                # steps instead of delaying them. (Out-of-range priorities clamp to the device's highest.)
+                stream = torch.cuda.Stream(self.device, priority=-100)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.cuda.stream(stream):
                 while not self._stopping:
                     self._take_inbox(block=not self._active and not self._pending)
                     self._drop_cancelled()
@@ -379,27 +319,40 @@ class TorchEngine:
         self._flush()
 
     def _step(self) -> None:
+        started = time.perf_counter()
         decoding = list(self._active.values())
         admitted = self._admit()
         results: list[tuple[_Request, torch.Tensor]] = []
+        self._mark(0)
         if admitted:
             results += self._prefill(admitted)
+        self._mark(1)
         if decoding:
             try:
-                ids = self._decode(decoding)
-                results.append((decoding, ids))
+                results.append((decoding, self._decode(decoding)))
             except Exception as e:  # a device error fails the batch, never the engine
                 log.exception("decode step failed")
                 for r in decoding:
                     self._finish(r, EngineError(f"decode failed: {type(e).__name__}: {e}", "engine"))
+        self._mark(2)
         if results:
             # The one host sync of the step, for every slot at once.
             tokens = torch.cat([ids for _, ids in results]).tolist()
             reqs = [r for group, _ in results for r in group]
             for r, tok in zip(reqs, tokens, strict=True):
                 self._emit(r, tok)
+            if self._events is not None:  # the sync above completed them
+                self.stats.prefill_gpu_seconds += self._events[0].elapsed_time(self._events[1]) / 1000
+                self.stats.decode_gpu_seconds += self._events[1].elapsed_time(self._events[2]) / 1000
         self._n_active = len(self._active)
         self._flush()
+        self.stats.steps += 1
+        self.stats.step_seconds += time.perf_counter() - started
+
+    def _mark(self, i: int) -> None:
+        """GPU timestamps between prefill and decode (CUDA events: no sync), read after the step's sync."""
+        if self._events is not None:
+            self._events[i].record()
 
     def _decode(self, reqs: list[_Request]) -> torch.Tensor:
         if self.graphs is not None:
@@ -428,6 +381,8 @@ class TorchEngine:
         return [res for r in reqs for res in self._prefill([r])]
 
     def _prefill_batch(self, reqs: list[_Request]) -> torch.Tensor:
+        if self.prefill_graphs is not None:
+            return self.prefill_graphs.run([r.prompt for r in reqs], [r.slot for r in reqs])
         width = max(len(r.prompt) for r in reqs)
         tokens = torch.zeros(len(reqs), width, dtype=torch.long)
         for i, r in enumerate(reqs):
@@ -447,9 +402,11 @@ class TorchEngine:
         if tok in self._stop_ids:
             self._finish(r, _END)
             return
-        r.pending.append([tok])
+        r.tokens.append(tok)
         if r.generated >= r.max_tokens:
             self._finish(r, _END)
+        elif len(r.tokens) >= self._deliver_every:
+            self._ready[id(r)] = r
 
     def _finish(self, r: _Request, last: Any) -> None:
         """Frees r's slot at once (the next step may reuse it) and queues its final item."""
@@ -457,20 +414,23 @@ class TorchEngine:
             self._active.pop(r.slot, None)
             self._free.append(r.slot)
             r.slot = -1
-        r.pending.append(last)
-        self._finishing.append(r)
+        r.final = last
+        self._ready[id(r)] = r
         with self._lock:
             if self._live.get(r.id) is r:
                 del self._live[r.id]
 
     def _flush(self) -> None:
-        """Hands every request's new items to its event loop: one callback per loop per step."""
+        """Hands the ready requests' ids and ends to their event loops: one callback per loop per step."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, Any]]] = {}
-        finishing, self._finishing = self._finishing, []
-        for r in [*self._active.values(), *finishing]:
-            if r.pending:
-                by_loop.setdefault(r.loop, []).extend((r, item) for item in r.pending)
-                r.pending = []
+        ready, self._ready = self._ready, {}
+        for r in ready.values():
+            items = by_loop.setdefault(r.loop, [])
+            if r.tokens:
+                items.append((r, r.tokens))
+                r.tokens = []
+            if r.final is not None:
+                items.append((r, r.final))
         for loop, items in by_loop.items():
             self._post(loop, items)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from orpheus_tts import manifest
 from orpheus_tts.config import RuntimeConfig
-from orpheus_tts.engine import EngineError, EngineLoad, GenerationRequest, SamplingParams
+from orpheus_tts.engine import EngineError, EngineLoad, EngineStats, GenerationRequest, SamplingParams
 
 
 class TrtllmEngine:
@@ -27,6 +27,7 @@ class TrtllmEngine:
         self._llm: Any = None
         self._sampling_params_cls: Any = None
         self._inflight: dict[str, Any] = {}  # request_id -> the library's RequestOutput
+        self.stats = EngineStats()  # the library runs its own loop: nothing to count here
 
     @property
     def capacity(self) -> int:

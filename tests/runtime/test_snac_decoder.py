@@ -66,10 +66,12 @@ def test_first_audio_after_one_plus_right_context_frames():
     assert (w.keep_from, w.keep_to) == (0, 1)
 
 
-def test_steady_state_windows_have_one_shape():
+def test_windows_decode_emitted_frames_plus_context():
+    # Frames one at a time: each window emits one frame and decodes 2 left + 1 + 1 right, not WINDOW_FRAMES.
     _, windows = plan(random_frames(60, 3), [1])
-    shapes = {w.n_frames for w in windows[len(windows) // 4 : -1]}
-    assert shapes == {WINDOW_FRAMES}
+    steady = windows[2:-1]
+    assert {w.n_frames for w in steady} == {LEFT_CONTEXT + 1 + RIGHT_CONTEXT}
+    assert all(w.keep_from == LEFT_CONTEXT and w.keep_to - w.keep_from == 1 for w in steady)
     _, windows = plan(random_frames(60, 3), [100])  # a burst: windows emit MAX_EMIT frames each
     assert all(w.keep_to - w.keep_from == MAX_EMIT for w in windows[:-2])
 
@@ -116,7 +118,7 @@ def test_streamed_equals_offline(snac_model, n, steps):
 
 
 def test_batched_decode_equals_single(snac_model):
-    _, windows = plan(random_frames(12, 5), [12])
+    _, windows = plan(random_frames(20, 5), [20])
     same = [w for w in windows if w.n_frames == WINDOW_FRAMES][:2]
     assert len(same) == 2
     batched = [np.frombuffer(b, np.int16) for b in snac_model.decode_windows(same)]
@@ -148,3 +150,23 @@ def test_load_snac_missing_dir_is_a_load_error(tmp_path):
 
     with pytest.raises(LoadError, match="SNAC decoder"):
         load_snac(str(tmp_path / "nope"), RuntimeConfig(snac_device="cpu"))
+
+
+def test_folded_weights_and_plain_snake_are_the_same_function():
+    """Folded weight_norm and the plain Snake (what the compiled decoder runs) compute what SNAC computes."""
+    from snac import SNAC
+
+    from orpheus_tts.snac_decoder import fold_weight_norm, plain_snake
+    from orpheus_tts.tiny_model import SNAC_24KHZ_CONFIG
+
+    torch.manual_seed(1)
+    shipped = disable_noise(SNAC(**SNAC_24KHZ_CONFIG)).eval()
+    # A second instance, not a deepcopy: removing a parametrization edits the class, which copies share.
+    folded = disable_noise(SNAC(**SNAC_24KHZ_CONFIG))
+    folded.load_state_dict(shipped.state_dict())
+    folded = plain_snake(fold_weight_norm(folded.eval()))
+    assert not any(name.endswith("original0") for name, _ in folded.named_parameters())  # no weight_norm left
+    codes = [torch.randint(0, 4096, (2, 3 * n)) for n in (1, 2, 4)]
+    with torch.inference_mode():
+        want, got = shipped.decode(codes), folded.decode(codes)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5

@@ -14,7 +14,7 @@ from orpheus_tts.engine import EngineError, EngineLoad, SamplingParams
 from orpheus_tts.model_spec import load_model_spec
 from orpheus_tts.snac_batcher import SnacBatcher
 from orpheus_tts.snac_decoder import MAX_EMIT, SAMPLES_PER_FRAME, SnacModel, disable_noise, to_pcm16
-from orpheus_tts.synthesizer import SynthesisError, Synthesizer, sampling_params
+from orpheus_tts.synthesizer import FRAMES_PER_S, SynthesisError, Synthesizer, min_emit, sampling_params
 
 TEXT = "Hello world. How are you doing today? She sells sea shells by the sea shore."
 
@@ -117,8 +117,17 @@ async def test_windows_grow_once_the_listener_is_ahead(make_synth):
     out = b"".join([pcm async for pcm in synth.stream(synth.prompts("Hello.", "tara"), SamplingParams())])
     assert order(out) == [(0, k) for k in range(40)]
     assert sizes[0] == 1  # first audio as early as possible
-    # Frame by frame would be ~39 windows; once 0.5 s is buffered, windows carry MAX_EMIT frames.
+    # Frame by frame would be ~39 windows; windows grow with the buffer, up to MAX_EMIT frames.
     assert sizes.count(MAX_EMIT) >= 5 and len(sizes) <= 20
+
+
+def test_windows_wait_for_as_many_frames_as_the_buffer_covers():
+    frame_s = 1 / FRAMES_PER_S
+    assert min_emit(0.0) == 1 and min_emit(-0.3) == 1  # first audio, or the listener is already waiting
+    assert min_emit(1.5 * frame_s) == 1
+    assert min_emit(2.0 * frame_s) == 2
+    assert min_emit(3.99 * frame_s) == 3
+    assert min_emit(10.0) == MAX_EMIT
 
 
 async def test_held_back_frames_go_out_when_the_buffer_runs_low(make_synth):

@@ -8,7 +8,8 @@ from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine import EngineError, GenerationRequest, SamplingParams
 from orpheus_tts.graph_buckets import batch_buckets
 from orpheus_tts.model_spec import load_model_spec
-from orpheus_tts.torch_engine import DecodeGraphs, TorchEngine
+from orpheus_tts.step_graphs import DecodeGraphs, PrefillGraphs
+from orpheus_tts.torch_engine import TorchEngine
 
 PROMPTS = [[128259, 128000, 83, 64, 25, 467, 475, 128009, 128260, 128261, 128257],
            [128259, 128000, 500, 501, 128009, 128260, 128261, 128257],
@@ -54,16 +55,18 @@ async def test_many_concurrent_requests_queue(make_engine):
     lengths = [5 + 3 * i for i in range(16)]
     seen_load = []
 
-    async def run(i: int) -> list[int]:
+    async def run(i: int) -> list[list[int]]:
         out = []
         async for ids in engine.submit(_req(f"r{i}", i, max_tokens=lengths[i], min_tokens=lengths[i])):
-            assert len(ids) == 1  # one id per step
-            out += ids
+            out.append(ids)
             seen_load.append(engine.load())
         return out
 
     results = await asyncio.gather(*(run(i) for i in range(16)))
-    for i, ids in enumerate(results):
+    for i, chunks in enumerate(results):
+        # Whole frames, then the remainder: a frame's consumer can use nothing smaller.
+        assert [len(c) for c in chunks] == [7] * (lengths[i] // 7) + ([lengths[i] % 7] if lengths[i] % 7 else [])
+        ids = [t for c in chunks for t in c]
         assert len(ids) == lengths[i]
         _assert_audio_constrained(ids)
     assert max(load.active for load in seen_load) == 4
@@ -192,9 +195,10 @@ def test_batch_buckets():
 
 
 async def test_padded_buckets_give_same_tokens(make_engine):
-    """The CUDA-graph path's padding (extra entries on the scratch slot) changes no request's tokens."""
+    """The CUDA-graph path's padding (extra entries on the scratch slot, prompts padded to a length bucket,
+    prompts split over several prefills) changes no request's tokens."""
     engine = await make_engine(capacity=6)
-    assert engine.graphs is None  # CPU: no graphs
+    assert engine.graphs is None and engine.prefill_graphs is None  # CPU: no graphs
     lengths = [9, 16, 23]
 
     async def run(tag: str) -> list[list[int]]:
@@ -204,6 +208,8 @@ async def test_padded_buckets_give_same_tokens(make_engine):
     plain = await run("plain")
     engine.graphs = DecodeGraphs(engine.model, engine.sampler, engine.state, engine.capacity, engine.scratch_slot,
                                  capture=False)  # fmt: skip
+    engine.prefill_graphs = PrefillGraphs(engine.model, engine.sampler, engine.state, 2, engine.cfg.max_input_len,
+                                          engine.scratch_slot, capture=False)  # fmt: skip
     assert await run("padded") == plain
 
 
