@@ -22,7 +22,7 @@ from triton.testing import do_bench
 from orpheus_tts.llama import LayerOps, Transformer
 from orpheus_tts.model_spec import ModelSpec
 from orpheus_tts.sampling import SlotParams, SlotSampler, draw, output_rows
-from orpheus_tts.step_graphs import DeviceState, PrefillGraphs, decode_step, prefill_step
+from orpheus_tts.step_graphs import DeviceState, PrefillGraphs, capture, decode_step, prefill_step
 
 TOKENS_PER_SECOND_REALTIME = 82.03  # 7 tokens per 2048-sample frame at 24 kHz
 
@@ -38,15 +38,7 @@ def random_model(spec: ModelSpec) -> Transformer:
 
 
 def graph_of(fn) -> torch.cuda.CUDAGraph:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g
+    return capture(fn, None)[0]
 
 
 def linear_only(model: Transformer, batch: int) -> float:

@@ -1,8 +1,9 @@
 """One queue for the decode windows of every stream; batches of them go to the model in one call.
 
-Batching across streams is nearly free on a GPU (one 4-frame window: 5.3 ms alone, 6.9 ms with 31
-others on an H100), so the batcher waits up to `timeout_ms` after the first window for up to `max_batch`
-windows, groups them by shape (one model call per shape) and fans the results back through futures.
+Batching across streams is cheap on a GPU (a compiled 4-frame window: 0.50 ms alone, 2.42 ms with 15
+others on an H100), so the batcher takes every window queued when the decoder is free (or waits up to
+`timeout_ms` after the first one, when set; the measured default is 0), up to `max_batch`, groups them by
+shape (one model call per shape) and fans the results back through futures.
 
 The model runs on ONE worker thread: the event loop keeps serving sockets and the engine meanwhile, and
 the next batch fills up while the current one decodes. An error fails only the futures of the windows
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -36,9 +37,11 @@ class BatcherClosed(RuntimeError):
 
 
 class SnacBatcher(Generic[T, R]):
-    """`decode_batch(items)` must return one result per item; it is only given items with equal `key`."""
+    """`decode_batch(items)` must return one result per item; it is only given items with equal `key`.
+    Groups are decoded in ascending key order: for SNAC the key is the window length, and the shortest
+    windows are streams' first audio, whose latency users see."""
 
-    def __init__(self, decode_batch: Callable[[list[T]], list[R]], key: Callable[[T], Hashable], max_batch: int,
+    def __init__(self, decode_batch: Callable[[list[T]], list[R]], key: Callable[[T], int], max_batch: int,
                  timeout_ms: float, on_call: Callable[[int], None] | None = None) -> None:  # fmt: skip
         self.decode_batch = decode_batch
         self.key = key
@@ -114,10 +117,10 @@ class SnacBatcher(Generic[T, R]):
     def _decode_groups(self, items: list[T]) -> list[Any]:
         """Worker thread: one model call per shape; returns a result or an exception per item."""
         outcomes: list[Any] = [None] * len(items)
-        groups: dict[Hashable, list[int]] = {}
+        groups: dict[int, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(self.key(item), []).append(i)
-        for indices in groups.values():
+        for _, indices in sorted(groups.items()):
             try:
                 results = self._call([items[i] for i in indices])
             except Exception as e:

@@ -2,14 +2,17 @@
 CUDA graphs that replay them at fixed shapes (the engine thread in torch_engine.py drives them).
 
 Graphs matter because both steps are bound by kernel launches when run eagerly: a decode step at small
-batches, and a prefill always (14-33 ms of host work for ~3 ms of GPU work on the H100, which stalled
-every stream's decode while requests arrived; docs/benchmarks.md). A batch runs the smallest bucket that
+batches, and a prefill always (33-47 ms of wall time for 4-13 ms replayed on the H100, which stalled every
+stream's decode while requests arrived; docs/benchmarks.md). A batch runs the smallest bucket that
 holds it, padded with entries that point at the scratch slot; their results are discarded.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -49,6 +52,22 @@ def prefill_step(model: Transformer, sampler: SlotSampler, state: DeviceState, t
     return ids
 
 
+def capture(step: Callable[[], torch.Tensor], pool: Any) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """`step` recorded into a CUDA graph sharing memory pool `pool` (None: a new one); returns the graph and
+    its static output. A run on a side stream first pays the lazy inits, Triton/torch.compile compilation and
+    kernel selection outside the capture."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: other threads (the SNAC decoder warming up) may use the GPU meanwhile.
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        out = step()
+    return graph, out
+
+
 class DecodeGraphs:
     """`decode_step` at a fixed set of batch sizes, one CUDA graph per size (`capture=True`, CUDA only).
 
@@ -74,17 +93,9 @@ class DecodeGraphs:
         pool = None
         # Largest first: smaller graphs then fit in the memory pool the largest one reserved.
         for b in reversed(self.buckets):
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside capture: lazy inits, Triton autotune/compile
-                decode_step(self.model, self.sampler, self.state, self.slots[b])
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: other threads (the SNAC decoder warming up) may use the GPU meanwhile.
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                self.outputs[b] = decode_step(self.model, self.sampler, self.state, self.slots[b])
-            pool = graph.pool()
-            self.graphs[b] = graph
+            step = functools.partial(decode_step, self.model, self.sampler, self.state, self.slots[b])
+            self.graphs[b], self.outputs[b] = capture(step, pool)
+            pool = self.graphs[b].pool()
         torch.cuda.synchronize()
         # Capture and warm-up advanced the scratch slot; give it a clean start.
         self.state.lengths[self.scratch] = 0
@@ -138,16 +149,8 @@ class PrefillGraphs:
     def _capture(self) -> None:
         pool = None  # its own pool: a prefill's output must survive the decode graph replayed after it
         for shape in sorted(self.inputs, key=lambda s: -s[0] * s[1]):  # largest first, as for decode
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._step(shape)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-                self.outputs[shape] = self._step(shape)
-            pool = graph.pool()
-            self.graphs[shape] = graph
+            self.graphs[shape], self.outputs[shape] = capture(functools.partial(self._step, shape), pool)
+            pool = self.graphs[shape].pool()
         torch.cuda.synchronize()
         self.state.lengths[self.scratch] = 0
 

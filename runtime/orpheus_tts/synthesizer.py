@@ -33,23 +33,31 @@ from orpheus_tts.snac_decoder import MAX_EMIT, SAMPLE_RATE, SAMPLES_PER_FRAME, S
 
 SAMPLING_FIELDS = ("temperature", "top_p", "repetition_penalty", "max_tokens", "min_tokens", "seed")
 FRAMES_PER_S = SAMPLE_RATE / SAMPLES_PER_FRAME
+# Frames a window waits for at least once audio is playing. 1 would send a frame the moment the listener's
+# buffer runs dry, at 4x the SNAC work per frame: under overload, when every buffer is dry, that extra work
+# is what tips the GPU over (measured: docs/benchmarks.md).
+PLAYING_MIN_EMIT = 2
 
 
-def min_emit(buffered: float) -> int:
-    """Frames a window waits for, given the audio (seconds) the listener has left to play.
+def min_emit(buffered: float | None) -> int:
+    """Frames a window waits for, given the audio (seconds) the listener has left to play (None: no audio
+    sent yet).
 
     A window emitting k frames decodes k + 3 (its context): one frame at a time is 4x the SNAC work per
     frame, 4 at a time 1.75x. Waiting for k frames is safe while the listener has k frames left (the
     engine makes frames at least as fast as real time when the GPU is not overloaded), so a window waits
-    for as many as the buffer covers, up to MAX_EMIT; with nothing buffered (first audio, or a stall) every
-    frame goes out as soon as it can be decoded."""
-    return max(1, min(MAX_EMIT, int(buffered * FRAMES_PER_S)))
+    for as many as the buffer covers, between PLAYING_MIN_EMIT and MAX_EMIT. First audio goes out as soon
+    as one frame can be decoded."""
+    if buffered is None:
+        return 1
+    return max(PLAYING_MIN_EMIT, min(MAX_EMIT, int(buffered * FRAMES_PER_S)))
 
 
-def buffered_s(emitted_frames: int, first_audio_at: float | None) -> float:
-    """Audio the listener has received but not yet heard, assuming playback from the first byte on."""
+def buffered_s(emitted_frames: int, first_audio_at: float | None) -> float | None:
+    """Audio the listener has received but not yet heard, assuming playback from the first byte on (None
+    before the first byte)."""
     if first_audio_at is None:
-        return 0.0
+        return None
     return emitted_frames * SAMPLES_PER_FRAME / SAMPLE_RATE - (time.monotonic() - first_audio_at)
 
 
@@ -129,7 +137,9 @@ class Synthesizer:
                     if finished:
                         break
                     # A new frame wakes us, or the buffer shrinking to where fewer frames must go out.
-                    timeout = (buffered - (wait_for - 1) / FRAMES_PER_S) if wait_for > 1 else None
+                    timeout = None
+                    if buffered is not None and wait_for > PLAYING_MIN_EMIT:
+                        timeout = buffered - (wait_for - 1) / FRAMES_PER_S
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(utt.wake.wait(), timeout)
                     continue

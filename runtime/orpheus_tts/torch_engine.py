@@ -9,9 +9,7 @@ A step: admit queued requests into free slots (FIFO) and prefill them together, 
 every slot that was already running, then ONE device->host copy of all the new ids, then the fan-out.
 Ids are handed to a stream a whole audio frame (7 ids) at a time: its consumer can use nothing smaller,
 and at hundreds of streams a wake-up of every stream's task at every step is what the event loop spends
-its time on.
-The device-side work of a decode step is `decode_step` over static buffers, so it can be captured in a
-CUDA graph per batch size (see `DecodeGraphs`).
+its time on. The device-side work (prefill, decode, their CUDA graphs) is in step_graphs.py.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def test_defaults_are_the_issues() -> None:
         "maxOutputLen": 1024,
         "kvFreeGpuFraction": 0.92,
     }
-    assert spec["snac"] == {"maxBatch": 64, "batchTimeoutMs": 5}
+    assert spec["snac"] == {"maxBatch": 64, "batchTimeoutMs": 0}
     assert spec["model"] == {"repo": "canopylabs/orpheus-3b-0.1-ft", "revision": "main"}
     products = spec["runtime"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"

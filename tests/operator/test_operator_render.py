@@ -102,7 +102,7 @@ def test_deployment_serves_the_engine_per_the_runtime_contract() -> None:
         "TRTLLM_MAX_BATCH_SIZE": "20",
         "KV_FREE_GPU_FRAC": "0.92",
         "SNAC_MAX_BATCH": "32",
-        "SNAC_BATCH_TIMEOUT_MS": "5",
+        "SNAC_BATCH_TIMEOUT_MS": "0",
         "PORT": "8000",
         "ORPHEUS_DRAIN_GRACE_S": "40",
         "HF_HUB_OFFLINE": "1",

@@ -1,4 +1,5 @@
 import pathlib
+import shutil
 
 import pytest
 import torch
@@ -132,3 +133,37 @@ def test_int8_weight_only_checkpoint(tiny_model_dir, spec, tmp_path):
         step = torch.tensor([130000])
         a, b = int8.decode(step, slots, lengths), ref.decode(step, slots, lengths)
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on CPU needs a C compiler")
+def test_compiled_ops_generate_the_same_tokens(tiny_model_dir):
+    """What the engine runs on CUDA (torch.compile'd LayerOps and sampler, dynamic shapes, fullgraph): here
+    on the CPU, prefill and decode at several batch sizes give the eager path's tokens."""
+    from orpheus_tts.llama import LayerOps
+    from orpheus_tts.sampling import SlotParams, SlotSampler, output_rows
+    from orpheus_tts.step_graphs import DeviceState, decode_step, prefill_step
+
+    spec = load_model_spec(tiny_model_dir)
+    model = load_transformer(tiny_model_dir, spec.shape, torch.device("cpu"), torch.float32)
+    model.setup_caches(5, 64)
+    model.set_output_rows(output_rows(spec))
+
+    def generate(compiled: bool) -> list[int]:
+        model.ops = LayerOps()
+        sampler = SlotSampler(spec, 5, torch.device("cpu"))
+        if compiled:
+            model.compile_ops()
+            sampler.compile()
+        state = DeviceState(torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long))
+        for slot in range(4):
+            sampler.reset(slot, SlotParams(0.6, 0.8, 1.3, 0, 7 + slot))
+        tokens = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 0], [8, 9, 0, 0]])
+        out = [prefill_step(model, sampler, state, tokens, torch.tensor([0, 1, 2]), torch.tensor([4, 3, 2]))]
+        out.append(prefill_step(model, sampler, state, tokens[:1, :3], torch.tensor([3]), torch.tensor([3])))
+        for _ in range(8):
+            out.append(decode_step(model, sampler, state, torch.tensor([0, 1, 2, 3])))
+            out.append(decode_step(model, sampler, state, torch.tensor([1])))
+        return torch.cat(out).tolist()
+
+    with torch.inference_mode():
+        assert generate(compiled=True) == generate(compiled=False)

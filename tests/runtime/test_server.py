@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import struct
@@ -244,8 +245,12 @@ async def test_probes_and_metrics(server):
             text = await r.text()
     for name in ("orpheus_active_streams", "orpheus_engine_queued_requests", "orpheus_first_audio_seconds_count 1.0",
                  "orpheus_real_time_factor_count 1.0", "orpheus_generated_tokens_total 14.0",
-                 "orpheus_snac_batch_size_count", "orpheus_errors_total"):  # fmt: skip
+                 "orpheus_snac_batch_size_count", "orpheus_errors_total", "orpheus_first_token_seconds_count 1.0",
+                 "orpheus_event_loop_lag_seconds_count", "orpheus_engine_decode_gpu_seconds_total 0.0"):  # fmt: skip
         assert name in text
+    # The engine loop counted its steps (one prefill + 13 decodes for 14 tokens, maybe split by a cancel check).
+    values = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(orpheus_engine_\w+) (\S+)$", text, re.M)}
+    assert values["orpheus_engine_steps_total"] >= 14 and values["orpheus_engine_step_seconds_total"] > 0
 
 
 # -- bad input: every case leaves the server up with every slot free --------------------------------------

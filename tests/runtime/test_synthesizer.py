@@ -14,7 +14,14 @@ from orpheus_tts.engine import EngineError, EngineLoad, SamplingParams
 from orpheus_tts.model_spec import load_model_spec
 from orpheus_tts.snac_batcher import SnacBatcher
 from orpheus_tts.snac_decoder import MAX_EMIT, SAMPLES_PER_FRAME, SnacModel, disable_noise, to_pcm16
-from orpheus_tts.synthesizer import FRAMES_PER_S, SynthesisError, Synthesizer, min_emit, sampling_params
+from orpheus_tts.synthesizer import (
+    FRAMES_PER_S,
+    PLAYING_MIN_EMIT,
+    SynthesisError,
+    Synthesizer,
+    min_emit,
+    sampling_params,
+)
 
 TEXT = "Hello world. How are you doing today? She sells sea shells by the sea shore."
 
@@ -123,8 +130,9 @@ async def test_windows_grow_once_the_listener_is_ahead(make_synth):
 
 def test_windows_wait_for_as_many_frames_as_the_buffer_covers():
     frame_s = 1 / FRAMES_PER_S
-    assert min_emit(0.0) == 1 and min_emit(-0.3) == 1  # first audio, or the listener is already waiting
-    assert min_emit(1.5 * frame_s) == 1
+    assert min_emit(None) == 1  # first audio: as soon as possible
+    assert min_emit(0.0) == min_emit(-0.3) == PLAYING_MIN_EMIT == 2  # the listener is waiting already
+    assert min_emit(1.5 * frame_s) == 2
     assert min_emit(2.0 * frame_s) == 2
     assert min_emit(3.99 * frame_s) == 3
     assert min_emit(10.0) == MAX_EMIT
