@@ -52,6 +52,14 @@ def prefill_step(model: Transformer, sampler: SlotSampler, state: DeviceState, t
     return ids
 
 
+def right_padded(prompts: list[list[int]], rows: int, width: int) -> torch.Tensor:
+    """Prompts as a `[rows, width]` tensor (on the CPU), each row zero-padded on the right."""
+    tokens = torch.zeros((rows, width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        tokens[i, : len(p)] = torch.tensor(p)
+    return tokens
+
+
 def capture(step: Callable[[], torch.Tensor], pool: Any) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """`step` recorded into a CUDA graph sharing memory pool `pool` (None: a new one); returns the graph and
     its static output. A run on a side stream first pays the lazy inits, Triton/torch.compile compilation and
@@ -162,12 +170,9 @@ class PrefillGraphs:
     def _run(self, prompts: list[list[int]], slots: list[int]) -> torch.Tensor:
         n = next(size for size in self.sizes if size >= len(prompts))
         t = next(length for length in self.lengths if length >= max(map(len, prompts)))
-        tokens = torch.zeros((n, t), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            tokens[i, : len(p)] = torch.tensor(p)
         pad = n - len(prompts)
         static_tokens, static_slots, static_lengths = self.inputs[(n, t)]
-        static_tokens.copy_(tokens, non_blocking=True)
+        static_tokens.copy_(right_padded(prompts, n, t), non_blocking=True)
         static_slots.copy_(torch.tensor(slots + [self.scratch] * pad), non_blocking=True)
         static_lengths.copy_(torch.tensor([len(p) for p in prompts] + [1] * pad), non_blocking=True)
         if (n, t) in self.graphs:

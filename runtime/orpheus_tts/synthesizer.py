@@ -58,7 +58,7 @@ def buffered_s(emitted_frames: int, first_audio_at: float | None) -> float | Non
     before the first byte)."""
     if first_audio_at is None:
         return None
-    return emitted_frames * SAMPLES_PER_FRAME / SAMPLE_RATE - (time.monotonic() - first_audio_at)
+    return emitted_frames / FRAMES_PER_S - (time.monotonic() - first_audio_at)
 
 
 class SynthesisError(Exception):
@@ -154,7 +154,7 @@ class Synthesizer:
         finally:
             generator.cancel()
             await asyncio.gather(generator, return_exceptions=True)
-        audio_s = utt.windows.emitted * SAMPLES_PER_FRAME / SAMPLE_RATE
+        audio_s = utt.windows.emitted / FRAMES_PER_S
         self.metrics.audio_seconds.inc(audio_s)
         if audio_s > 0:
             self.metrics.real_time_factor.observe((time.monotonic() - start) / audio_s)

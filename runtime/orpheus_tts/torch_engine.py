@@ -33,7 +33,7 @@ from orpheus_tts.engine import EngineError, EngineLoad, EngineStats, GenerationR
 from orpheus_tts.llama import load_transformer
 from orpheus_tts.model_spec import ModelSpec
 from orpheus_tts.sampling import SlotParams, SlotSampler, output_rows
-from orpheus_tts.step_graphs import DecodeGraphs, DeviceState, PrefillGraphs, decode_step, prefill_step
+from orpheus_tts.step_graphs import DecodeGraphs, DeviceState, PrefillGraphs, decode_step, prefill_step, right_padded
 
 log = logging.getLogger(__name__)
 
@@ -381,10 +381,7 @@ class TorchEngine:
     def _prefill_batch(self, reqs: list[_Request]) -> torch.Tensor:
         if self.prefill_graphs is not None:
             return self.prefill_graphs.run([r.prompt for r in reqs], [r.slot for r in reqs])
-        width = max(len(r.prompt) for r in reqs)
-        tokens = torch.zeros(len(reqs), width, dtype=torch.long)
-        for i, r in enumerate(reqs):
-            tokens[i, : len(r.prompt)] = torch.tensor(r.prompt)
+        tokens = right_padded([r.prompt for r in reqs], len(reqs), max(len(r.prompt) for r in reqs))
         lengths = torch.tensor([len(r.prompt) for r in reqs])
         slots = self._slots_tensor(reqs)
         dev = self.device
