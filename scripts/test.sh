@@ -2,6 +2,7 @@
 # The project's one test command (`make test`, and `.ci/run`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system-deps.sh
 source scripts/env.sh
 echo "==> ruff"
 ruff check .
