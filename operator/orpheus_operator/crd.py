@@ -28,6 +28,9 @@ ATTEMPT_LABEL = f"{GROUP}/build-attempt"
 # The build-relevant spec an engine was built from, on its Job and on the Deployment serving it:
 # a Deployment keeps serving its engine (and its limits) while a new one builds.
 BUILD_SPEC_ANNOTATION = f"{GROUP}/build-spec"
+# On the Deployment while autoscaling is on, and after it until runtime.replicas changes: runtime.replicas as it
+# was when autoscaling started ("" when unset).
+REPLICAS_AT_AUTOSCALING_ANNOTATION = f"{GROUP}/replicas-at-autoscaling"
 
 SERVER = "server"
 ENGINE_BUILD = "engine-build"

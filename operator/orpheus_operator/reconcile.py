@@ -226,7 +226,7 @@ class Reconciler:
         before = served_engine(deployment)
         served = (engine_hash, build) if state.outcome == buildstate.SUCCEEDED else before
         if served is not None:
-            wanted = render.render_deployment(body, self.cfg, served[1], served[0])
+            wanted = render.render_deployment(body, self.cfg, served[1], served[0], deployment)
             applied = await self._apply_deployment(body, wanted, deployment, errors)
             deployment = applied or deployment
             if before is None or before[0] != served[0]:

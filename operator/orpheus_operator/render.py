@@ -364,8 +364,33 @@ def runtime_env(spec: dict[str, Any], build: dict[str, Any], engine_hash: str) -
     return [item for item in env if item["name"] not in extra] + [copy.deepcopy(v) for v in extra.values()]
 
 
-def render_deployment(body: Body, cfg: OperatorConfig, build: dict[str, Any], engine_hash: str) -> dict[str, Any]:
-    """The serving Deployment for the engine `engine_hash` built from `build`."""
+def desired_replicas(spec: dict[str, Any], deployment: dict[str, Any] | None) -> tuple[int | None, str | None]:
+    """(spec.replicas to send or None, the REPLICAS_AT_AUTOSCALING annotation or None).
+
+    Switching autoscaling on or off never changes the pod count by itself: while autoscaling is on, the HPA owns
+    the count and the Deployment records runtime.replicas as it was when autoscaling started; once it is off,
+    the HPA's last count stays until runtime.replicas differs from that record (the user set a new count)."""
+    want = spec["runtime"].get("replicas")
+    annotations = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
+    recorded = annotations.get(crd.REPLICAS_AT_AUTOSCALING_ANNOTATION)
+    if spec["autoscaling"]["enabled"]:
+        return None, recorded if recorded is not None else ("" if want is None else str(want))
+    if want is None:
+        return None, None
+    if recorded is not None and recorded == str(want):
+        return None, recorded
+    return want, None
+
+
+def render_deployment(
+    body: Body,
+    cfg: OperatorConfig,
+    build: dict[str, Any],
+    engine_hash: str,
+    existing: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The serving Deployment for the engine `engine_hash` built from `build`; `existing` is the Deployment as
+    it is now (its replica bookkeeping, see desired_replicas)."""
     spec = body["spec"]
     runtime = spec["runtime"]
     image = build["image"] if hashing.image_follows_engine(spec, cfg) else hashing.runtime_image(spec, cfg)
@@ -461,11 +486,14 @@ def render_deployment(body: Body, cfg: OperatorConfig, build: dict[str, Any], en
         "progressDeadlineSeconds": 1200,
         "template": {"metadata": _pod_metadata(spec, labels, annotations), "spec": pod},
     }
-    if not spec["autoscaling"]["enabled"] and runtime.get("replicas") is not None:
-        dep_spec["replicas"] = runtime["replicas"]  # else the HPA, or whoever set it last, owns the count
-    meta = _metadata(
-        body, body["metadata"]["name"], crd.SERVER, annotations={crd.BUILD_SPEC_ANNOTATION: hashing.dumps(build)}
-    )
+    replicas, recorded = desired_replicas(spec, existing)
+    if replicas is not None:
+        dep_spec["replicas"] = replicas  # else the HPA, or whoever set it last, owns the count
+    annotations = {crd.BUILD_SPEC_ANNOTATION: hashing.dumps(build)}
+    if recorded is not None:
+        annotations[crd.REPLICAS_AT_AUTOSCALING_ANNOTATION] = recorded
+    meta = _metadata(body, body["metadata"]["name"], crd.SERVER)
+    meta["annotations"] = annotations
     meta["labels"][crd.HASH_LABEL] = engine_hash
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": dep_spec}
 

@@ -413,6 +413,25 @@ def test_replicas_unset_are_left_alone() -> None:
     assert "replicas" not in render.render_deployment(body, CFG, build, h)["spec"]
 
 
+def test_autoscaling_on_and_off_keeps_the_count_until_the_user_sets_one() -> None:
+    def dep(recorded: str | None) -> dict:
+        annotations = {} if recorded is None else {crd.REPLICAS_AT_AUTOSCALING_ANNOTATION: recorded}
+        return {"metadata": {"annotations": annotations}}
+
+    fixed = {"runtime": {"replicas": 8}}
+    scaled = {"runtime": {"replicas": 8}, "autoscaling": {"enabled": True}}
+    assert render.desired_replicas(make_body(fixed)["spec"], dep(None)) == (8, None)
+    # On: the HPA owns the count; runtime.replicas is recorded once.
+    assert render.desired_replicas(make_body(scaled)["spec"], dep(None)) == (None, "8")
+    assert render.desired_replicas(make_body(scaled)["spec"], dep("8")) == (None, "8")
+    # Off again: the HPA's count stays while runtime.replicas is what it was...
+    assert render.desired_replicas(make_body(fixed)["spec"], dep("8")) == (None, "8")
+    # ...and a new runtime.replicas applies.
+    assert render.desired_replicas(make_body({"runtime": {"replicas": 3}})["spec"], dep("8")) == (3, None)
+    assert render.desired_replicas(make_body({"runtime": {"replicas": 3}})["spec"], dep("")) == (3, None)
+    assert render.desired_replicas(make_body()["spec"], dep("")) == (None, None)
+
+
 def test_handover_keeps_the_running_count() -> None:
     dep = {
         "metadata": {
