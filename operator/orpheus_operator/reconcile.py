@@ -75,12 +75,14 @@ class Reconciler:
             if self._closed:
                 return
             body = await self.api.get(crd.API_VERSION, crd.KIND, namespace, name)
-            if body is not None:
-                await self._drop_legacy_finalizer(body)
-            if body is None or body["metadata"].get("deletionTimestamp"):
+            if body is None:
                 self._locks.pop((namespace, name), None)
-                return  # owner references let the garbage collector remove the children
+                return
             try:
+                await self._drop_legacy_finalizer(body)
+                if body["metadata"].get("deletionTimestamp"):
+                    self._locks.pop((namespace, name), None)
+                    return  # owner references let the garbage collector remove the children
                 await self._reconcile(body)
             except ApiError as e:
                 if e.status == 403 and "being terminated" in e.message:

@@ -177,24 +177,35 @@ def crd_spec_properties(ext: client.ApiextensionsV1Api) -> dict:
 def test_helm_upgrade_from_the_previous_version_upgrades_the_crd(kube, namespace, tmp_path):
     old_chart = previous_chart(tmp_path / "old")
     with kube.api_client() as api:
-        ext, custom = client.ApiextensionsV1Api(api), client.CustomObjectsApi(api)
-        # Start from a cluster that only ever had the previous version (the CRD is cluster-wide and shared).
-        with contextlib.suppress(ApiException):
-            ext.delete_custom_resource_definition(CRD_NAME)
-        wait_for(lambda: gone(lambda: ext.read_custom_resource_definition(CRD_NAME)), timeout=60, what="CRD gone")
-        release = namespace
-        kube.helm(
-            "install", release, str(old_chart), "--namespace", namespace, "-f", str(old_chart / "ci/cpu-values.yaml")
-        )
-        assert "gpu" not in crd_spec_properties(ext)  # the previous CRD
+        ext = client.ApiextensionsV1Api(api)
+        try:
+            upgrade_from(kube, api, old_chart, namespace, tmp_path)
+        finally:  # the CRD is shared by the session's other tests: leave the current one
+            current = yaml.safe_load((CHART / "crds/orpheustts.yaml").read_text())
+            current["metadata"]["resourceVersion"] = ext.read_custom_resource_definition(
+                CRD_NAME
+            ).metadata.resource_version
+            ext.replace_custom_resource_definition(CRD_NAME, current)
 
-        kube.helm("upgrade", release, str(CHART), "--namespace", namespace, "-f", str(CPU_VALUES))
-        assert "gpu" not in crd_spec_properties(ext)  # helm left crds/ alone, as documented
-        with chart_operator(kube, namespace, release, tmp_path):
-            wait_for(lambda: "gpu" in crd_spec_properties(ext), timeout=30, what="the operator to install its CRD")
-            # The chart's instance, read back through the new schema: the new defaults apply.
-            instance = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "orpheus")
-            assert instance["spec"]["gpu"]["computeCapability"] == "8.0"
-            assert instance["spec"]["runtime"]["podSecurityContext"]["fsGroup"] == 10001
-            wait_for(lambda: phase(custom, namespace, "orpheus") == "Building", timeout=60, what="reconciled")
-        kube.helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s")
+
+def upgrade_from(kube, api, old_chart: pathlib.Path, namespace: str, tmp_path: pathlib.Path) -> None:
+    ext, custom = client.ApiextensionsV1Api(api), client.CustomObjectsApi(api)
+    # Start from a cluster that only ever had the previous version (the CRD is cluster-wide and shared).
+    with contextlib.suppress(ApiException):
+        ext.delete_custom_resource_definition(CRD_NAME)
+    wait_for(lambda: gone(lambda: ext.read_custom_resource_definition(CRD_NAME)), timeout=60, what="CRD gone")
+    release = namespace
+    old_values = str(old_chart / "ci/cpu-values.yaml")
+    kube.helm("install", release, str(old_chart), "--namespace", namespace, "-f", old_values)
+    assert "gpu" not in crd_spec_properties(ext)  # the previous CRD
+
+    kube.helm("upgrade", release, str(CHART), "--namespace", namespace, "-f", str(CPU_VALUES))
+    assert "gpu" not in crd_spec_properties(ext)  # helm left crds/ alone, as documented
+    with chart_operator(kube, namespace, release, tmp_path):
+        wait_for(lambda: "gpu" in crd_spec_properties(ext), timeout=30, what="the operator to install its CRD")
+        # The chart's instance, read back through the new schema: the new defaults apply.
+        instance = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "orpheus")
+        assert instance["spec"]["gpu"]["computeCapability"] == "8.0"
+        assert instance["spec"]["runtime"]["podSecurityContext"]["fsGroup"] == 10001
+        wait_for(lambda: phase(custom, namespace, "orpheus") == "Building", timeout=60, what="reconciled")
+    kube.helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s")
