@@ -66,9 +66,15 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, api: Kube | N
     tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.startup(registry=registry)
-    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, cfg)
-        tasks.append(asyncio.get_running_loop().create_task(resync(reconciler, cfg)))
+        tasks.append(asyncio.create_task(resync(reconciler, cfg)))
+
+    @kopf.on.login(registry=registry)
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+        # kopf's own readers of the same credentials as the operator's client: the pod's service account
+        # (re-read when the rotating token expires), else $KUBECONFIG / ~/.kube/config.
+        return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
