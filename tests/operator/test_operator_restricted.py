@@ -4,6 +4,7 @@ are really created (and admitted or refused) by them; there is no scheduler or k
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 from k8s.control_plane import ControlPlane, build_binaries
 from kubernetes import client
-from operator_harness import TINY, Cluster, finish_job, merge, wait_for
+from kubernetes.client.rest import ApiException
+from operator_harness import TINY, Cluster, merge, now, wait_for
 
 from orpheus_operator import crd
 
@@ -63,6 +65,8 @@ def failed_creates(cluster: Cluster) -> list[str]:
 
 def test_operand_pods_are_admitted_under_restricted(cluster: Cluster, run_operator: Any) -> None:
     run_operator()
+    with contextlib.suppress(ApiException):  # the RuntimeClass admission plugin wants it to exist
+        client.NodeV1Api(cluster.api).create_runtime_class({"metadata": {"name": "nvidia"}, "handler": "nvidia"})
     # A GPU build and GPU servers (the ReadWriteOnce default: engine store, init container), as in production.
     spec = merge(TINY, {"runtime": {"gpus": 1, "replicas": 2, "runtimeClassName": "nvidia"}, "build": {"gpus": 1}})
     cluster.create("voice", spec)
@@ -72,11 +76,27 @@ def test_operand_pods_are_admitted_under_restricted(cluster: Cluster, run_operat
     store = f"{crd.INSTANCE_LABEL}=voice,{crd.COMPONENT_LABEL}={crd.ENGINE_STORE}"
     wait_for(lambda: pods_of(cluster, store), what="the engine store's pod")
 
-    finish_job(cluster.api, cluster.ns, job, succeeded=True)
+    # What the kubelet reports when the build exits 0; the real Job controller then completes the Job.
+    (pod,) = pods_of(cluster, f"job-name={job}")
+    t = now()
+    terminated = {"exitCode": 0, "reason": "Completed", "startedAt": t, "finishedAt": t}
+    status = {
+        "phase": "Succeeded",
+        "containerStatuses": [
+            {
+                "name": "build",
+                "image": pod.spec.containers[0].image,
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"terminated": terminated},
+            }
+        ],
+    }
+    cluster.core.patch_namespaced_pod_status(pod.metadata.name, cluster.ns, {"status": status})
     servers = f"{crd.INSTANCE_LABEL}=voice,{crd.COMPONENT_LABEL}={crd.SERVER}"
     wait_for(lambda: len(pods_of(cluster, servers)) == 2, what="the ReplicaSet controller to create 2 server pods")
     assert not failed_creates(cluster)
-    (pod,) = pods_of(cluster, f"job-name={job}")
     assert pod.spec.security_context.fs_group == 10001 and pod.spec.security_context.run_as_user == 10001
 
 
