@@ -26,8 +26,12 @@ def upgrade_crd(api: Kube, path: str) -> None:
     """Replaces the cluster's OrpheusTTS CRD with `path` (a whole-object update, so that fields the new version
     drops go too; server-side apply would keep those that `helm install` created). Failure is logged, not fatal:
     the operator then runs against the CRD it finds."""
-    with open(path) as f:
-        doc = yaml.safe_load(f)
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        logger.warning("CRD not updated: cannot read %s: %s", path, e)
+        return
     name = doc["metadata"]["name"]
     try:
         current = asyncio.run(api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", name))

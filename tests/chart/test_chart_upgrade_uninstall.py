@@ -139,31 +139,21 @@ def test_uninstall_strands_nothing_and_reinstall_keeps_user_instances(kube, crd,
         kube.helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s")
 
 
+def chart_version_at(commit: str) -> str | None:
+    show = ["git", "show", f"{commit}:charts/orpheus-tts-operator/Chart.yaml"]
+    text = subprocess.run(show, cwd=ROOT, capture_output=True, text=True).stdout
+    return yaml.safe_load(text)["version"] if text else None
+
+
 def previous_chart(dest: pathlib.Path) -> pathlib.Path:
-    """The chart as committed at its previous version (git history of Chart.yaml)."""
+    """The chart as it was just before its version changed to the current one (the previous release's tree)."""
     current = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
-    commits = subprocess.run(
-        ["git", "log", "--format=%H", "--", "charts/orpheus-tts-operator/Chart.yaml"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for commit in commits:
-        text = subprocess.run(
-            ["git", "show", f"{commit}:charts/orpheus-tts-operator/Chart.yaml"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout
-        if text and yaml.safe_load(text)["version"] != current:
-            archive = subprocess.run(
-                ["git", "archive", "--format=tar", commit, "charts/orpheus-tts-operator"],
-                cwd=ROOT,
-                capture_output=True,
-                check=True,
-            ).stdout
-            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+    log = ["git", "log", "--format=%H", "--", "charts/orpheus-tts-operator/Chart.yaml"]
+    for commit in subprocess.run(log, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split():
+        if chart_version_at(commit) == current and chart_version_at(f"{commit}^") not in (None, current):
+            archive = ["git", "archive", "--format=tar", f"{commit}^", "charts/orpheus-tts-operator"]
+            tar_bytes = subprocess.run(archive, cwd=ROOT, capture_output=True, check=True).stdout
+            with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
                 tar.extractall(dest, filter="data")
             return dest / "charts/orpheus-tts-operator"
     pytest.skip("no previous chart version in this checkout's history")

@@ -352,7 +352,7 @@ def test_no_finalizer_and_a_legacy_one_is_removed(cluster: Cluster, run_operator
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "OrpheusTTS",
-        "metadata": {"name": "old", "finalizers": [crd.LEGACY_FINALIZER]},  # as operator 0.1.0 left it
+        "metadata": {"name": "old", "finalizers": ["tts.orpheus.dev/operator"]},  # as operator 0.1.0 left it
         "spec": legacy,
     }
     cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.ns, PLURAL, body)
