@@ -65,6 +65,9 @@ class RuntimeConfig:
     # thread, the SNAC thread and the event loop hand it over several times per decode step.
     gil_switch_interval_ms: float = 1.0
     log_level: str = "INFO"
+    # The browser playground at /playground/ (static page + /playground/info.json); the API key still guards
+    # the WebSocket it speaks through.
+    playground: bool = True
 
     @property
     def stream_limit(self) -> int:
@@ -106,6 +109,7 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_DRAIN_GRACE_S": "drain_grace_s",
     "ORPHEUS_GIL_SWITCH_INTERVAL_MS": "gil_switch_interval_ms",
     "ORPHEUS_LOG_LEVEL": "log_level",
+    "ORPHEUS_PLAYGROUND": "playground",
 }
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(RuntimeConfig)}

@@ -1,7 +1,8 @@
 """`orpheus-tts serve`: the HTTP/WebSocket front end (aiohttp).
 
 Endpoints: WS /ws/tts (the seed's protocol, extended compatibly), POST /v1/audio/speech (OpenAI-style),
-GET /healthz (process alive), /readyz (model loaded and warmed, not draining), /metrics (Prometheus).
+GET /healthz (process alive), /readyz (model loaded and warmed, not draining), /metrics (Prometheus),
+GET /playground/ (the browser playground, playground.py; off with ORPHEUS_PLAYGROUND=0).
 
 A "stream" is one WebSocket connection or one HTTP speech request: admission control counts those, so
 an admitted client keeps its place for all the utterances it sends. The process listens before the
@@ -11,6 +12,8 @@ WebSocket protocol: each text message {"text", "voice"?, sampling fields?} is an
 binary PCM messages (24 kHz mono s16le) then b"__END__". Bad messages get a JSON
 {"type": "error", "code", "message"} in their turn and the socket stays open; {"type": "cancel"} stops
 the current utterance and drops the queued ones, acknowledged by {"type": "cancelled"}.
+Browsers cannot set Authorization on a WebSocket: they offer the subprotocols "orpheus-tts.v1" and
+"base64url.bearer.orpheus-tts.<base64url(key)>"; the server answers "orpheus-tts.v1" and never echoes the key.
 Close codes: 1008 bad API key or unknown voice, 1009 message > max_message_bytes, 1013 busy / loading /
 draining (retry), 1011 internal or engine failure (after a JSON error), 1001 server shutting down.
 """
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import dataclasses
 import gc
@@ -37,10 +42,11 @@ from orpheus_tts.config import ConfigError, RuntimeConfig, add_cli_flags, from_a
 from orpheus_tts.engine import EngineError
 from orpheus_tts.loader import LoadedModel, LoadError
 from orpheus_tts.metrics import CONTENT_TYPE, Metrics
+from orpheus_tts.playground import add_playground_routes
 from orpheus_tts.snac_batcher import SnacBatcher
 from orpheus_tts.snac_decoder import SnacModel
 from orpheus_tts.synthesizer import SAMPLING_FIELDS, SynthesisError, Synthesizer, sampling_params
-from orpheus_tts.wav import wav_header
+from orpheus_tts.wav import SAMPLE_RATE, wav_header
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,9 @@ CLOSE_BUSY = WSCloseCode.TRY_AGAIN_LATER  # 1013
 CLOSE_POLICY = WSCloseCode.POLICY_VIOLATION  # 1008
 CLOSE_INTERNAL = WSCloseCode.INTERNAL_ERROR  # 1011
 CLOSE_GOING_AWAY = WSCloseCode.GOING_AWAY  # 1001
+# Browser authentication (the Kubernetes API server's `base64url.bearer.authorization.k8s.io.<token>` pattern).
+WS_SUBPROTOCOL = "orpheus-tts.v1"
+BEARER_SUBPROTOCOL_PREFIX = "base64url.bearer.orpheus-tts."
 
 
 # -- messages (pure) ---------------------------------------------------------------------------------------
@@ -100,6 +109,23 @@ def error_message(code: str, message: str) -> dict[str, str]:
     return {"type": "error", "code": code, "message": message}
 
 
+def offered_subprotocols(header: str) -> list[str]:
+    return [p.strip() for p in header.split(",") if p.strip()]
+
+
+def key_from_subprotocols(offered: list[str]) -> str | None:
+    """The API key a browser sent as `base64url.bearer.orpheus-tts.<base64url(key), unpadded>`, if any."""
+    for proto in offered:
+        if proto.startswith(BEARER_SUBPROTOCOL_PREFIX):
+            encoded = proto[len(BEARER_SUBPROTOCOL_PREFIX) :]
+            try:
+                raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), altchars=b"-_", validate=True)
+                return raw.decode()
+            except (binascii.Error, ValueError):
+                return None  # not a key: refused like a wrong one
+    return None
+
+
 # -- server state --------------------------------------------------------------------------------------------
 
 
@@ -142,6 +168,13 @@ class ServerState:
             return True
         given = request.headers.get("Authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {self.cfg.api_key}".encode())
+
+    def ws_authorized(self, request: web.Request, offered: list[str]) -> bool:
+        """The Authorization header, or (browsers) the key in a subprotocol."""
+        if self.authorized(request):
+            return True
+        key = key_from_subprotocols(offered)
+        return key is not None and hmac.compare_digest(key.encode(), (self.cfg.api_key or "").encode())
 
 
 STATE = web.AppKey("state", ServerState)
@@ -296,11 +329,16 @@ def _reason(text: str) -> bytes:
     return text.encode()[:120]  # a close reason must fit in a control frame (123 bytes)
 
 
-async def ws_tts(request: web.Request) -> web.WebSocketResponse:
+async def ws_tts(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    ws = web.WebSocketResponse(max_msg_size=state.cfg.max_message_bytes, heartbeat=HEARTBEAT_S, compress=False)
+    offered = offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol", ""))
+    if key_from_subprotocols(offered) is not None and WS_SUBPROTOCOL not in offered:
+        # aiohttp would log the offered (unknown) subprotocols, key included: refuse before the handshake.
+        return json_error(400, "invalid_subprotocol", f"offer the {WS_SUBPROTOCOL!r} subprotocol with the key")
+    ws = web.WebSocketResponse(max_msg_size=state.cfg.max_message_bytes, heartbeat=HEARTBEAT_S, compress=False,
+                               protocols=(WS_SUBPROTOCOL,))  # fmt: skip
     await ws.prepare(request)
-    if not state.authorized(request):
+    if not state.ws_authorized(request, offered):
         state.metrics.errors.labels("unauthorized").inc()
         await ws.close(code=CLOSE_POLICY, message=b"unauthorized: send Authorization: Bearer <api key>")
         return ws
@@ -437,6 +475,26 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+def _playground_info(state: ServerState) -> dict[str, Any] | None:
+    """What the playground page needs from this server (None until the model is loaded); the protocol's
+    constants come from here so that the page has no copy of them."""
+    if state.synth is None or not state.ready:
+        return None
+    spec, cfg = state.synth.spec, state.cfg
+    return {
+        "voices": list(spec.voices),
+        "default_voice": spec.default_voice,
+        "random_weights": spec.random_weights,
+        "sample_rate": SAMPLE_RATE,
+        "api_key_required": bool(cfg.api_key),
+        "max_text_chars": cfg.max_text_chars,
+        "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p,
+                     "repetition_penalty": cfg.repetition_penalty, "max_tokens": cfg.max_output_len},  # fmt: skip
+        "protocol": {"path": "/ws/tts", "subprotocol": WS_SUBPROTOCOL, "bearer_prefix": BEARER_SUBPROTOCOL_PREFIX,
+                     "end_of_utterance": END_OF_UTTERANCE.decode()},  # fmt: skip
+    }
+
+
 async def watch_loop_lag(metrics: Metrics, period_s: float = 0.1) -> None:
     """How late the event loop runs a timer: every stream's bytes go through this loop, so its lag adds to
     every stream's latency (and shows when the host, not the GPU, is the bottleneck)."""
@@ -460,6 +518,8 @@ def create_app(cfg: RuntimeConfig, loaded: LoadedModel | None = None, *, snac: S
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    if cfg.playground:
+        add_playground_routes(app, lambda: _playground_info(state))
 
     async def load() -> None:
         try:
