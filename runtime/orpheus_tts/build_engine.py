@@ -47,6 +47,7 @@ EXIT_GPU_UNSUPPORTED = 7
 EXIT_LOCKED = 8
 EXIT_NETWORK = 9
 EXIT_NO_TRTLLM = 10
+EXIT_ENGINE_MISMATCH = 11  # `orpheus-tts doctor --engine-dir`: incomplete, or built for another GPU / versions
 
 HUB_EXIT_CODES = {
     "auth": EXIT_AUTH,
@@ -282,18 +283,15 @@ def build_lock(out: pathlib.Path, wait: bool) -> Iterator[None]:
 
 
 def check_trtllm_preconditions(o: BuildOptions) -> tuple[str, str]:
-    """Fails with 10 / 6 / 7 before anything is downloaded. Returns the GPU's (name, arch)."""
-    import importlib.util
+    """`orpheus-tts doctor`'s checks (10 TensorRT-LLM missing or not loadable, 6 no GPU, 7 GPU too old),
+    then this build's quantization on this GPU (7), before anything is downloaded. Returns (name, arch)."""
+    from orpheus_tts import doctor
 
-    if importlib.util.find_spec("tensorrt_llm") is None:
-        raise BuildError(
-            "TensorRT-LLM is not installed in this image: the trtllm backend must be built with the "
-            "TensorRT-LLM runtime image (nvcr.io/nvidia/tensorrt-llm/release 1.2.x based)",
-            EXIT_NO_TRTLLM,
-        )
+    problem = doctor.preflight("trtllm")
+    if problem is not None:
+        raise BuildError(problem.message, problem.code)
     name, arch = mf.probe_gpu()
-    if name is None or arch is None:
-        raise BuildError("the trtllm backend needs a GPU to build its engine, and none is visible", EXIT_NO_GPU)
+    assert name is not None and arch is not None  # doctor refused a missing GPU
     problem = quantization_problem(o, arch)
     if problem:
         raise BuildError(f"GPU {name} ({arch}) {problem}", EXIT_GPU_UNSUPPORTED)

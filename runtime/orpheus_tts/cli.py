@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("orpheus_tts.hub", "Download a model from the Hugging Face hub (HF_TOKEN)"),
     "build-engine": ("orpheus_tts.build_engine", "Build the serving engine into a directory, with manifest"),
     "make-calibration": ("orpheus_tts.calibration", "Generate the INT4-AWQ / INT8-KV calibration set from the model"),
+    "doctor": ("orpheus_tts.doctor", "Check this node and image (GPU, libraries, an engine's manifest)"),
 }
 
 
