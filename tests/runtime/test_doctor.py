@@ -143,3 +143,10 @@ def test_server_and_build_fail_fast_when_tensorrt_does_not_load(trtllm, tiny_mod
     assert be.main(argv, environ={}) == be.EXIT_NO_TRTLLM
     assert "libnvinfer.so.10" in json.loads(pathlib.Path(f"{out}.json").read_text())["message"]
     assert not trtllm.LLM.instances
+
+
+def test_the_trtllm_image_puts_tensorrt_on_the_loader_path():
+    """The contract between the image and doctor's check: the same directory, set with ENV (no shell)."""
+    root = pathlib.Path(__file__).resolve().parents[2] / "images"
+    lines = [line for f in root.glob("*trtllm*") for line in f.read_text().splitlines()]
+    assert any(line.startswith(f"ENV LD_LIBRARY_PATH={doctor.TENSORRT_LIB_DIR}") for line in lines)
