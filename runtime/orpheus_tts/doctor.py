@@ -106,13 +106,18 @@ def assess(f: Facts, backend: str, engine: mf.Manifest | None = None, engine_dir
 # ---- I/O ------------------------------------------------------------------------------------------------
 
 
+def parse_driver_version(text: str) -> str | None:
+    """Pure: the driver version from /proc/driver/nvidia/version's first line, e.g. "NVRM version: NVIDIA UNIX
+    Open Kernel Module for x86_64  580.159.04  Release Build ..." (as read on an H200 node)."""
+    first = text.splitlines()[0] if text else ""
+    return next((w for w in first.split() if w[:1].isdigit() and "." in w), None)
+
+
 def _driver_version() -> str | None:
     try:
-        text = pathlib.Path("/proc/driver/nvidia/version").read_text()
+        return parse_driver_version(pathlib.Path("/proc/driver/nvidia/version").read_text())
     except OSError:
         return None
-    words = text.split()
-    return next((w for w in words if w[:1].isdigit() and w.count(".") >= 1), None)
 
 
 def _first_line(e: BaseException) -> str:

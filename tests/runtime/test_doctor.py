@@ -56,6 +56,13 @@ def test_assess():
     assert p.code == be.EXIT_ENGINE_MISMATCH and "rank0.engine is missing" in p.message
 
 
+def test_driver_version_as_an_h200_node_reports_it():
+    text = ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (nixbld@)  \n"
+            "GCC version:  gcc version 15.3.0 (GCC) \n")  # fmt: skip
+    assert doctor.parse_driver_version(text) == "580.159.04"
+    assert doctor.parse_driver_version("") is None
+
+
 def _doctor(*args: str, env: dict[str, str] | None = None, double: bool = False) -> subprocess.CompletedProcess:
     extra = {"CUDA_VISIBLE_DEVICES": "", **(env or {})}  # deterministic: no GPU, whatever the machine has
     if double:
