@@ -20,6 +20,7 @@ from playwright.async_api import async_playwright
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL = ROOT / ".demo/model"
 OUT = ROOT / "docs/playground.png"
+SECOND_TEXT = "Hey there! This is Orpheus, speaking as the words are generated. <laugh> Pretty quick, right?"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -70,7 +71,7 @@ async def shoot(base: str) -> None:
         await page.fill("#max_tokens", "168")
         await page.click("#speak")
         await until(page, "() => window.playground.utterances.length === 1 && window.playground.state === 'idle'")
-        await page.fill("#text", "Hey there! This is Orpheus, speaking as the words are generated. <laugh> Pretty quick, right?")
+        await page.fill("#text", SECOND_TEXT)
         await page.fill("#voice", "leo")
         await page.fill("#min_tokens", "168")
         await page.fill("#max_tokens", "256")

@@ -488,10 +488,18 @@ def _playground_info(state: ServerState) -> dict[str, Any] | None:
         "sample_rate": SAMPLE_RATE,
         "api_key_required": bool(cfg.api_key),
         "max_text_chars": cfg.max_text_chars,
-        "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p,
-                     "repetition_penalty": cfg.repetition_penalty, "max_tokens": cfg.max_output_len},  # fmt: skip
-        "protocol": {"path": "/ws/tts", "subprotocol": WS_SUBPROTOCOL, "bearer_prefix": BEARER_SUBPROTOCOL_PREFIX,
-                     "end_of_utterance": END_OF_UTTERANCE.decode()},  # fmt: skip
+        "sampling": {
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "repetition_penalty": cfg.repetition_penalty,
+            "max_tokens": cfg.max_output_len,
+        },
+        "protocol": {
+            "path": "/ws/tts",
+            "subprotocol": WS_SUBPROTOCOL,
+            "bearer_prefix": BEARER_SUBPROTOCOL_PREFIX,
+            "end_of_utterance": END_OF_UTTERANCE.decode(),
+        },
     }
 
 

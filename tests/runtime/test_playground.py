@@ -66,7 +66,8 @@ async def test_browser_key_by_subprotocol(fast_model_dir, caplog: pytest.LogCapt
         assert refused.value.response.status_code == 400
 
         # Non-browser clients keep using the header.
-        async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(server), headers={"Authorization": f"Bearer {KEY}"},
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(server), headers=headers,
                                                               protocols=(WS_SUBPROTOCOL,)) as ws:  # fmt: skip
             assert ws.protocol == WS_SUBPROTOCOL
             await ws.send_str(speak())

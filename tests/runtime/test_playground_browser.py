@@ -38,7 +38,8 @@ def served(fast_model_dir, tmp_path_factory):
     port = free_port()
     cmd = [sys.executable, "-m", "orpheus_tts.cli", "serve", "--model", str(fast_model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--device", "cpu", "--snac-device", "cpu", "--no-cuda-graphs", "--max-input-len", "24",
-           "--max-output-len", "1024", "--max-batch-size", "2", "--max-streams", "1", "--log-level", "DEBUG"]  # fmt: skip
+           "--max-output-len", "1024", "--max-batch-size", "2", "--max-streams", "1",
+           "--log-level", "DEBUG"]  # fmt: skip
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
     env = {**os.environ, "ORPHEUS_API_KEY": KEY}
     with open(log_path, "w") as log:
@@ -56,11 +57,16 @@ def served(fast_model_dir, tmp_path_factory):
 
 
 @pytest.fixture
-async def browser(tmp_path) -> BrowserContext:
+def chromium() -> str:
     assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: run `bash scripts/system-deps.sh` (Debian's chromium)"
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium, tmp_path) -> BrowserContext:
     async with async_playwright() as p:
         context = await p.chromium.launch_persistent_context(
-            tmp_path / "profile", executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, accept_downloads=True
+            tmp_path / "profile", executable_path=chromium, args=CHROMIUM_ARGS, headless=True, accept_downloads=True
         )
         try:
             yield context
