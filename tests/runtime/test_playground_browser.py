@@ -120,6 +120,7 @@ async def test_speak_plays_the_stream_and_offers_the_wav(served, browser, tmp_pa
     await set_length(page, TOKENS)
     await page.click("#speak")
     await until(page, "() => window.playground.utterances.length === 1 && window.playground.state === 'idle'")
+    await until(page, "() => window.playground.events.at(-1).startsWith('close')")  # the page closes the socket
     stats = await counters(page)
     expected = TOKENS // 7 * SAMPLES_PER_FRAME
     # Every sample arrived, was scheduled on the audio clock, and played out to its end (not stopped).
@@ -149,6 +150,7 @@ async def test_stop_sends_cancel_and_silences(served, browser) -> None:
     await until(page, "() => window.playground.received > 0")
     await page.click("#stop")
     await until(page, "() => window.playground.state === 'idle'", timeout=30)
+    await until(page, "() => window.playground.events.at(-1).startsWith('close')")
     stats = await counters(page)
     assert stats["events"][-3:] == ["cancel", "cancelled", "close 1000"], stats["events"]
     assert stats["utterances"][-1]["result"] == "stopped"
