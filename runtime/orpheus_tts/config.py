@@ -176,6 +176,18 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Runt
     return validate(RuntimeConfig(**values))
 
 
+# glibc's own malloc variables, and preloads of other allocators: their user's choice wins over memory.py's.
+ALLOCATOR_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+                 "GLIBC_TUNABLES")  # fmt: skip
+
+
+def allocator_tuned_by_env(environ: Mapping[str, str] | None = None) -> bool:
+    environ = os.environ if environ is None else environ
+    return any(v in environ for v in ALLOCATOR_ENV) or any(
+        name in environ.get("LD_PRELOAD", "") for name in ("jemalloc", "tcmalloc", "mimalloc")
+    )
+
+
 def client_api_key(environ: Mapping[str, str] | None = None) -> str | None:
     """The API key the client commands (`say`, `warmup`, `bench`) send: ORPHEUS_API_KEY, the same variable
     the server reads, so that the key never has to appear on a command line (visible in `ps`)."""
