@@ -413,8 +413,8 @@ async def speech(request: web.Request) -> web.StreamResponse:
     except web.HTTPRequestEntityTooLarge:
         return json_error(413, "too_large", f"body larger than {state.cfg.max_message_bytes} bytes")
     except TimeoutError:
-        return json_error(408, "body_timeout", f"the body did not arrive within {state.cfg.http_body_timeout_s:g} s",
-                          headers={"Connection": "close"})  # fmt: skip
+        # The connection is closed after the answer (the rest of the body is waited for no longer either).
+        return json_error(408, "body_timeout", f"the body did not arrive within {state.cfg.http_body_timeout_s:g} s")
     except ValueError:
         return json_error(400, "invalid_json", "body is not valid JSON")
     parsed = parse_speech_body(body)
@@ -593,7 +593,9 @@ def runner_options(cfg: RuntimeConfig) -> dict[str, Any]:
     """The AppRunner's (or TestServer's) settings: connection timeouts and the access log."""
     # keepalive_timeout also closes a new connection that sends no complete request headers in time (aiohttp
     # arms it at connection start); aiohttp's own default is an hour.
-    return {"keepalive_timeout": cfg.http_idle_timeout_s, "access_log_class": AccessLogger}
+    # lingering_time: how long the rest of a body no handler read is waited for (aiohttp's default is 10 s).
+    return {"keepalive_timeout": cfg.http_idle_timeout_s, "lingering_time": cfg.http_body_timeout_s,
+            "access_log_class": AccessLogger}  # fmt: skip
 
 
 async def drain(state: ServerState, grace_s: float) -> bool:
