@@ -451,13 +451,18 @@ async def _stream_speech(request: web.Request, state: ServerState, text: str, vo
     if fmt == "wav":
         # Whole, so that the header has the real sizes (a streamed WAV can only say "unknown", which readers
         # such as Python's `wave` take literally). Streamed uncompressed audio: `pcm`.
+        chunks = []
         try:
             async with contextlib.aclosing(synth.stream(prompts, params)) as audio:
-                pcm = b"".join([chunk async for chunk in audio])
+                async for chunk in audio:
+                    if request.transport is None or request.transport.is_closing():
+                        return web.Response(status=499)  # client gone: stop generating (nobody reads this)
+                    chunks.append(chunk)
         except SynthesisError as e:
             log.warning("speech request failed: %s", e)
             state.metrics.errors.labels(e.code).inc()
             return json_error(500, e.code, str(e), "server_error")
+        pcm = b"".join(chunks)
         return web.Response(body=wav_header(len(pcm)) + pcm, headers=headers)
     encoder = StreamEncoder(FORMATS[fmt]) if FORMATS[fmt].codec is not None else None
     resp = web.StreamResponse(headers=headers)
