@@ -29,7 +29,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from orpheus_tts.client import say_main
+from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.server import STATE, Cancel, Problem, Speak, key_matches, load_json, parse_message, parse_speech_body
+from orpheus_tts.synthesizer import SAMPLING_FIELDS, SynthesisError, sampling_params
 from orpheus_tts.wav import read_wav_info
 
 DEEP = "[" * 60_000  # deeper than any recursion limit, smaller than the 64 KiB message limit
@@ -280,4 +282,35 @@ async def test_half_open_http_connections_time_out(fast_model_dir):
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
         writer.close()
+        await assert_clean(server)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(SAMPLING_FIELDS), JSON | st.integers() | st.floats()))
+def test_sampling_params_refuse_only_with_synthesis_error(values):
+    cfg = RuntimeConfig()
+    try:
+        sampling_params(cfg, values)
+    except SynthesisError as e:
+        assert e.code == "invalid_params"
+
+
+async def test_peers_that_do_not_answer_pings_are_dropped(fast_model_dir):
+    cfg = server_cfg(fast_model_dir, ws_idle_timeout_s=0, ws_ping_interval_s=1.0)  # no idle timeout: pings only
+    async with running_server(cfg) as server:
+        state = server.app[STATE]
+        sock = await stalled_ws_client(server.port, "{bad json")  # never reads, so never answers a ping
+        try:
+            for _ in range(100):
+                if state.sessions:
+                    break
+                await asyncio.sleep(0.05)
+            assert state.active == 1
+            for _ in range(100):  # a ping every second, half a second to answer
+                if state.active == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert state.active == 0 and not state.sessions
+        finally:
+            sock.close()
         await assert_clean(server)
