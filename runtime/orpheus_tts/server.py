@@ -210,8 +210,8 @@ async def start_model(state: ServerState, loaded: LoadedModel | None, snac: Snac
 class WsSession:
     """One socket: a reader (this handler's task) queues jobs; a worker answers them in order."""
 
-    def __init__(self, state: ServerState, ws: web.WebSocketResponse) -> None:
-        self.state, self.ws = state, ws
+    def __init__(self, state: ServerState, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.state, self.ws, self.request = state, ws, request
         self.jobs: asyncio.Queue[Speak | Problem | None] = asyncio.Queue()  # None: wake up (drain)
         self.current: asyncio.Task | None = None
 
@@ -276,9 +276,8 @@ class WsSession:
         try:
             await asyncio.wait_for(self.ws.close(code=code, message=reason), CLOSE_TIMEOUT_S)
         except (asyncio.TimeoutError, ConnectionError):
-            transport = self.ws._req.transport if self.ws._req is not None else None
-            if transport is not None:
-                transport.abort()
+            if self.request.transport is not None:
+                self.request.transport.abort()
 
     async def _cancel(self) -> None:
         while not self.jobs.empty():
@@ -359,7 +358,7 @@ async def ws_tts(request: web.Request) -> web.WebSocketResponse:
         state.metrics.rejected.labels(refusal).inc()
         await ws.close(code=CLOSE_BUSY, message=refusal.encode())
         return ws
-    session = WsSession(state, ws)
+    session = WsSession(state, ws, request)
     state.sessions.add(session)
     try:
         await session.run()
@@ -466,8 +465,8 @@ async def _stream_speech(request: web.Request, state: ServerState, text: str, vo
         return web.Response(body=wav_header(len(pcm)) + pcm, headers=headers)
     encoder = StreamEncoder(FORMATS[fmt]) if FORMATS[fmt].codec is not None else None
     resp = web.StreamResponse(headers=headers)
-    await resp.prepare(request)
     try:
+        await resp.prepare(request)
         async with contextlib.aclosing(synth.stream(prompts, params)) as audio:
             async for pcm in audio:
                 # On the loop: ~1-4 % of real time per stream (aac the most), and never racing the close below.
