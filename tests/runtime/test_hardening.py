@@ -29,7 +29,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from orpheus_tts.client import say_main
-from orpheus_tts.config import RuntimeConfig
+from orpheus_tts.config import ConfigError, RuntimeConfig, allocator_tuned_by_env, client_api_key, from_env
+from orpheus_tts.memory import tune_malloc
 from orpheus_tts.server import STATE, Cancel, Problem, Speak, key_matches, load_json, parse_message, parse_speech_body
 from orpheus_tts.synthesizer import SAMPLING_FIELDS, SynthesisError, sampling_params
 from orpheus_tts.wav import read_wav_info
@@ -314,3 +315,31 @@ async def test_peers_that_do_not_answer_pings_are_dropped(fast_model_dir):
         finally:
             sock.close()
         await assert_clean(server)
+
+
+# -- configuration and the allocator ------------------------------------------------------------------------
+
+
+def test_new_limits_are_configured_from_the_environment():
+    env = {"ORPHEUS_WS_IDLE_TIMEOUT_S": "0", "ORPHEUS_WS_PING_INTERVAL_S": "2.5", "ORPHEUS_MAX_PENDING": "8",
+           "ORPHEUS_HTTP_IDLE_TIMEOUT_S": "5", "ORPHEUS_HTTP_BODY_TIMEOUT_S": "3"}  # fmt: skip
+    cfg = from_env(env)
+    assert (cfg.ws_idle_timeout_s, cfg.ws_ping_interval_s, cfg.max_pending) == (0.0, 2.5, 8)
+    assert (cfg.http_idle_timeout_s, cfg.http_body_timeout_s) == (5.0, 3.0)
+    bad_values = [
+        ("ORPHEUS_MAX_PENDING", "0"),
+        ("ORPHEUS_WS_IDLE_TIMEOUT_S", "-1"),
+        ("ORPHEUS_HTTP_BODY_TIMEOUT_S", "0"),
+    ]
+    for bad in map(lambda kv: dict([kv]), bad_values):
+        with pytest.raises(ConfigError):
+            from_env(bad)
+    assert client_api_key({"ORPHEUS_API_KEY": "k"}) == "k" and client_api_key({}) is None
+
+
+def test_allocator_settings_yield_to_the_users_own():
+    assert not allocator_tuned_by_env({"PATH": "/bin"})
+    for env in ({"MALLOC_ARENA_MAX": "4"}, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"},
+                {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}):  # fmt: skip
+        assert allocator_tuned_by_env(env)
+    assert tune_malloc()  # glibc here: every mallopt accepted
