@@ -331,9 +331,9 @@ def test_new_limits_are_configured_from_the_environment():
         ("ORPHEUS_WS_IDLE_TIMEOUT_S", "-1"),
         ("ORPHEUS_HTTP_BODY_TIMEOUT_S", "0"),
     ]
-    for bad in map(lambda kv: dict([kv]), bad_values):
+    for name, value in bad_values:
         with pytest.raises(ConfigError):
-            from_env(bad)
+            from_env({name: value})
     assert client_api_key({"ORPHEUS_API_KEY": "k"}) == "k" and client_api_key({}) is None
 
 
