@@ -29,6 +29,10 @@ PLURALS = {
     "Ingress": "ingresses",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    # issue #12
+    "HTTPRoute": "httproutes",
+    "NetworkPolicy": "networkpolicies",
+    "ScaledObject": "scaledobjects",
     crd.KIND: crd.PLURAL,
 }
 

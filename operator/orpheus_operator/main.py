@@ -1,14 +1,15 @@
-"""`orpheus-operator`: runs the OrpheusTTS operator (kopf, standalone: one replica, no peering)."""
+"""`orpheus-operator`: runs the OrpheusTTS operator (kopf; standalone, or peering when several replicas run)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import random
 import sys
 
 import kopf
 
-from orpheus_operator import config, handlers
+from orpheus_operator import config, handlers, metrics
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,9 +33,16 @@ def main(argv: list[str] | None = None) -> int:
         "all namespaces" if cfg.clusterwide else ",".join(cfg.namespaces),
         cfg.runtime_image,
     )
+    # --- issue #12: operator metrics; kopf peering (leader election) when ORPHEUS_OPERATOR_PEERING names one.
+    # Each replica draws a random priority: the highest reconciles, the others pause until its record expires.
+    if cfg.metrics_port:
+        metrics.serve(cfg.metrics_port)
+    peering = {"peering_name": cfg.peering, "priority": random.randrange(1, 2**31)} if cfg.peering else {}
+    # --- end issue #12
     kopf.run(
         registry=registry,
-        standalone=True,
+        standalone=not cfg.peering,  # issue #12
+        **peering,  # issue #12
         clusterwide=cfg.clusterwide,
         namespaces=cfg.namespaces,
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",

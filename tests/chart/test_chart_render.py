@@ -36,7 +36,10 @@ def test_defaults_render_one_operator_with_least_surprise(render):
     assert container["command"] == ["orpheus-operator"]
     assert container["image"] == "ghcr.io/orpheus-tts/orpheus-tts-operator:0.1.0"
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "health", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 8081, "protocol": "TCP"},  # issue #12
+    ]
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     env = container_env(dep)
@@ -44,6 +47,7 @@ def test_defaults_render_one_operator_with_least_surprise(render):
         "ORPHEUS_OPERATOR_RUNTIME_IMAGE": "ghcr.io/orpheus-tts/orpheus-tts:0.1.0",
         "ORPHEUS_OPERATOR_LOG_LEVEL": "INFO",
         "ORPHEUS_OPERATOR_HEALTH_PORT": "8080",
+        "ORPHEUS_OPERATOR_METRICS_PORT": "8081",  # issue #12
     }  # no namespaces (all), no build image (the runtime image builds)
     service = find(objects, "Service")
     assert service["spec"]["selector"] == spec["selector"]["matchLabels"]

@@ -81,9 +81,11 @@ class OperatorProcess:
         self.kubeconfig, self.log_path, self.namespaces = kubeconfig, log_path, namespaces
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.metrics_port = 0  # issue #12
 
     def start(self) -> OperatorProcess:
         self.port = free_port()
+        self.metrics_port = free_port()  # issue #12
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ORPHEUS_OPERATOR_", "KUBECONFIG"))}
         env.update(
             {
@@ -92,6 +94,7 @@ class OperatorProcess:
                 "ORPHEUS_OPERATOR_RESYNC_SECONDS": "1",
                 "ORPHEUS_OPERATOR_BUILD_RETRY_BASE_SECONDS": "2",
                 "ORPHEUS_OPERATOR_BUILD_RETRY_MAX_SECONDS": "4",
+                "ORPHEUS_OPERATOR_METRICS_PORT": str(self.metrics_port),  # issue #12
             }
         )
         args = [a for ns in self.namespaces for a in ("--namespace", ns)] or ["--all-namespaces"]

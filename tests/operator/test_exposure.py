@@ -119,20 +119,10 @@ def test_user_annotations_win_and_gke_points_the_service_at_a_backend_config() -
         "cloud.google.com/backend-config": '{"default": "voice-backend"}',
         "a": "b",
     }
-    nginx = make_body(
-        {
-            "ingress": {
-                "enabled": True,
-                "host": "h",
-                "preset": "nginx",
-                "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "7"},
-            }
-        }
-    )
-    assert (
-        exposure.render_ingress(nginx)["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]
-        == "7"
-    )
+    read_timeout = "nginx.ingress.kubernetes.io/proxy-read-timeout"
+    ingress = {"enabled": True, "host": "h", "preset": "nginx", "annotations": {read_timeout: "7"}}
+    nginx = make_body({"ingress": ingress})
+    assert exposure.render_ingress(nginx)["metadata"]["annotations"][read_timeout] == "7"
 
 
 def test_network_policy() -> None:
