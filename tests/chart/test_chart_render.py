@@ -117,7 +117,7 @@ BAD_VALUES = [
     ("instances[0].spec=oops", ["instances", "spec", "object"]),
     ("podSecurityContext.runAsNonRoot=false", ["runAsNonRoot", "true"]),
     ("watchNamespaces={Not-A-Namespace}", ["watchNamespaces", "does not match"]),
-    ("replicas=2", ["replicas", "additional"]),
+    ("replicas=0", ["replicas", "minimum"]),  # issue #12: replicas > 1 is kopf peering
     ("image.repository=", ["image", "repository"]),
     # Runtime pods take their pull policy from the OrpheusTTS (spec.runtime.imagePullPolicy), not from here.
     ("runtime.images.torch.pullPolicy=Always", ["runtime/images/torch", "pullPolicy", "not allowed"]),

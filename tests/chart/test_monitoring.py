@@ -21,7 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chart.support import ROOT, find
 
-MONITORING_APIS = ["--api-versions", "monitoring.coreos.com/v1"]
+# What `helm install` sees on a cluster with the Prometheus Operator's CRDs (Capabilities.APIVersions).
+MONITORING_APIS = [
+    f"--api-versions=monitoring.coreos.com/v1/{kind}" for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+]
 ALL_ON = [
     "--set",
     "monitoring.serviceMonitor.enabled=true,monitoring.podMonitor.enabled=true",
@@ -57,6 +60,7 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r'"[^"]*"', '""', expr)
     expr = re.sub(r"\{[^}]*\}", "{}", expr)
     expr = re.sub(r"\[[^\]]*\]", "[]", expr)
+    expr = re.sub(r"(?<![\w:])\d+(\.\d+)?([eE][-+]?\d+)?", "0", expr)  # numbers such as 1e-9
     expr = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", expr)
     words = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr))
     return {w for w in words if w not in PROMQL_WORDS and not w.startswith("orpheus:") and not w.startswith("__")}
