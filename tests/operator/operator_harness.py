@@ -77,8 +77,15 @@ def install_rbac(
 class OperatorProcess:
     """`orpheus-operator` in a subprocess, logged in with a ServiceAccount kubeconfig."""
 
-    def __init__(self, kubeconfig: pathlib.Path, log_path: pathlib.Path, namespaces: list[str]) -> None:
+    def __init__(
+        self,
+        kubeconfig: pathlib.Path,
+        log_path: pathlib.Path,
+        namespaces: list[str],
+        extra_env: dict[str, str] | None = None,  # issue #12: e.g. ORPHEUS_OPERATOR_PEERING
+    ) -> None:
         self.kubeconfig, self.log_path, self.namespaces = kubeconfig, log_path, namespaces
+        self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.metrics_port = 0  # issue #12
@@ -95,6 +102,7 @@ class OperatorProcess:
                 "ORPHEUS_OPERATOR_BUILD_RETRY_BASE_SECONDS": "2",
                 "ORPHEUS_OPERATOR_BUILD_RETRY_MAX_SECONDS": "4",
                 "ORPHEUS_OPERATOR_METRICS_PORT": str(self.metrics_port),  # issue #12
+                **self.extra_env,
             }
         )
         args = [a for ns in self.namespaces for a in ("--namespace", ns)] or ["--all-namespaces"]
