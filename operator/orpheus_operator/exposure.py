@@ -268,6 +268,14 @@ def endpoint(body: Body) -> str | None:
     return None
 
 
+def selector(body: Body) -> str:
+    """status.selector: the runtime pods' label selector as a string (the scale subresource's
+    labelSelectorPath), so that `kubectl scale` and an HPA aimed at the OrpheusTTS itself can count pods."""
+    labels = crd.labels(body["metadata"]["name"], crd.SERVER)
+    labels.pop(crd.MANAGED_BY_LABEL)  # = render.selector_labels()
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 # ---- NetworkPolicy --------------------------------------------------------------------------------------
 
 

@@ -200,6 +200,7 @@ class Reconciler:
             kopf.warn(body, reason=state.reason, message=state.message)
         now = datetime.datetime.now(datetime.timezone.utc)
         final = status.with_times(old_status, new_status, now)
+        final["selector"] = exposure.selector(body)  # issue #12: the scale subresource's labelSelectorPath
         metrics.record_status(ns, name, final)  # issue #12
         if status.changed(old_status, final):
             await self.api.patch_status(crd.API_VERSION, crd.KIND, ns, name, final)

@@ -174,3 +174,9 @@ def test_optional_children_cover_every_kind_once() -> None:
     kinds = [kind for _, kind, _ in children.optional_children(make_body())]
     assert kinds == ["Ingress", "HTTPRoute", "NetworkPolicy", "HorizontalPodAutoscaler", "ScaledObject"]
     assert all(obj is None for _, _, obj in children.optional_children(make_body()))
+
+
+def test_status_selector_matches_the_deployment_selector() -> None:
+    body = make_body()
+    labels = render.selector_labels(body)
+    assert exposure.selector(body) == ",".join(f"{k}={v}" for k, v in sorted(labels.items()))

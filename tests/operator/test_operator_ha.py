@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,10 +17,11 @@ from k8s.waiting import wait_for
 from kubernetes import client, utils
 from operator_harness import CHART, TINY, OperatorProcess, install_crd
 
-from orpheus_operator import crd
+from orpheus_operator import crd, exposure
 
 pytestmark = pytest.mark.k8s
 PEERING = "op-ha"
+PEERING_NAME = f"{PEERING}-orpheus-tts-operator"  # the chart's fullname for the release op-ha
 KOPF_PEERING_CRDS = CRD_PATH.parent / "kopf-peerings.yaml"
 
 
@@ -77,16 +79,29 @@ def operators(kube: Any, namespace: str, tmp_path: pathlib.Path) -> Iterator[tup
 
 
 def active(proc: OperatorProcess) -> bool:
-    """kopf starts every replica paused and resumes the one that finds no live peer of higher priority."""
-    return "Resuming operations after the pause" in proc.log_path.read_text(errors="replace")
+    """kopf starts every replica paused; it resumes when it sees no live peer of higher priority and pauses again
+    when one appears (the first replica is alone for a moment). The last transition tells the state."""
+    log = proc.log_path.read_text(errors="replace")
+    return log.rfind("Resuming operations after the pause") > log.rfind("Pausing operations in favour of")
 
 
 def test_one_replica_reconciles_and_the_other_takes_over(operators, namespace) -> None:
     api, procs = operators
-    # Each replica drew a random priority: only the higher one resumes; the other stays paused.
-    wait_for(lambda: sum(active(p) for p in procs) == 1, timeout=60, what="one replica to become active")
+    peering = client.CustomObjectsApi(api)
+
+    def peers() -> int:
+        got = peering.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", PEERING_NAME)
+        return len(got.get("status") or {})
+
+    # Both replicas announced themselves (each with a random priority); peering events are handled at once,
+    # so shortly after, only the higher one is active, and it stays so.
+    wait_for(lambda: peers() == 2, timeout=60, what="both replicas in the peering object")
+    wait_for(lambda: sum(active(p) for p in procs) == 1, timeout=60, what="one replica to be active")
+    time.sleep(3)
+    assert sum(active(p) for p in procs) == 1, "the peering decision flapped"
     (leader,) = [p for p in procs if active(p)]
     (standby,) = [p for p in procs if not active(p)]
+    standby_log_before = len(standby.log_path.read_text(errors="replace"))
 
     objects = client.CustomObjectsApi(api)
     batch = client.BatchV1Api(api)
@@ -100,8 +115,19 @@ def test_one_replica_reconciles_and_the_other_takes_over(operators, namespace) -
 
     create("first")
     wait_for(lambda: build_jobs("first"), timeout=60, what="the active replica to start a build")
-    # The standby ran no handler: it neither reconciled "first" nor raced the leader.
-    assert "Handler 'resource_event'" not in standby.log_path.read_text(errors="replace")
+    # status.selector feeds the scale subresource (kubectl scale, an HPA aimed at the OrpheusTTS).
+    wait_for(
+        lambda: (
+            objects.get_namespaced_custom_object_scale(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, "first")[
+                "status"
+            ].get("selector")
+            == exposure.selector({"metadata": {"name": "first"}})
+        ),
+        timeout=30,
+        what="status.selector",
+    )
+    # The standby ran no handler since: it neither reconciled "first" nor raced the leader.
+    assert "Handler 'resource_event'" not in standby.log_path.read_text(errors="replace")[standby_log_before:]
 
     assert not active(standby)
     leader.stop(signal.SIGTERM)  # a rolling upgrade or a node drain: kopf withdraws from the peering on exit
