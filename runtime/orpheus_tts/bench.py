@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from orpheus_tts import client
 from orpheus_tts.client import DEFAULT_URL, TtsError, auth_headers, build_message, sampling_flags, utterance_chunks
 from orpheus_tts.wav import SAMPLE_RATE
 
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", default="Hello! This is a benchmark of streaming speech synthesis, one sentence "
                         "after another, for many listeners at once.")  # fmt: skip
     parser.add_argument("--voice", default="tara")
-    parser.add_argument("--api-key")
+    client.add_api_key_flag(parser)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per stream")
     parser.add_argument("--stagger", type=float, default=0.0, help="seconds between stream starts")
     parser.add_argument("--json", dest="json_path", help="also write the results as JSON here")
