@@ -33,6 +33,9 @@ class OperatorConfig:
     # The CRD to install over the cluster's at start (the chart mounts its crds/ file): `helm upgrade` never
     # upgrades a CRD, so the operator of a new chart version brings its own. None: leave the CRD alone.
     crd_file: str | None = None
+    # issue #12: /metrics port (0: off), and the kopf peering name ("": standalone, a single replica).
+    metrics_port: int = 8081
+    peering: str = ""
 
     @property
     def clusterwide(self) -> bool:
@@ -49,6 +52,8 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_OPERATOR_BUILD_RETRY_BASE_SECONDS": "build_retry_base_seconds",
     "ORPHEUS_OPERATOR_BUILD_RETRY_MAX_SECONDS": "build_retry_max_seconds",
     "ORPHEUS_OPERATOR_CRD_FILE": "crd_file",
+    "ORPHEUS_OPERATOR_METRICS_PORT": "metrics_port",  # issue #12
+    "ORPHEUS_OPERATOR_PEERING": "peering",  # issue #12
 }
 
 
@@ -61,7 +66,7 @@ def _parse(name: str, raw: str) -> object:
     try:
         if name == "namespaces":
             return split_namespaces(raw)
-        if name == "health_port":
+        if name in ("health_port", "metrics_port"):  # issue #12: metrics_port
             return int(raw)
         if name.endswith("_seconds"):
             return float(raw)
@@ -77,6 +82,8 @@ def validate(cfg: OperatorConfig) -> OperatorConfig:
         raise ConfigError("runtime_image must not be empty")
     if not 0 < cfg.health_port < 65536:
         raise ConfigError(f"health_port must be a TCP port, got {cfg.health_port}")
+    if not 0 <= cfg.metrics_port < 65536:  # issue #12
+        raise ConfigError(f"metrics_port must be a TCP port or 0, got {cfg.metrics_port}")
     for name in ("resync_seconds", "build_retry_base_seconds", "build_retry_max_seconds"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)}")

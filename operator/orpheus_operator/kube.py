@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from orpheus_operator import crd
 
@@ -75,7 +76,14 @@ class Kube:
         return await asyncio.to_thread(run)
 
     def _resource(self, api_version: str, kind: str) -> Any:
-        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        """The kind's API resource. A kind the server does not serve (an optional child whose CRD is not
+        installed: HTTPRoute without the Gateway API, ScaledObject without KEDA) is a 404 like a missing object:
+        get() answers None, delete() False, apply() raises ApiError(404). The client re-reads discovery before
+        it gives up, so a CRD installed after the operator started is found."""
+        try:
+            return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            raise ApiError(404, "NotFound", f"the server does not serve {kind} in {api_version}") from None
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         def read() -> dict[str, Any]:

@@ -1,16 +1,17 @@
-"""`orpheus-operator`: runs the OrpheusTTS operator (kopf, standalone: one replica, no peering)."""
+"""`orpheus-operator`: runs the OrpheusTTS operator (kopf; standalone, or peering when several replicas run)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import random
 import sys
 
 import kopf
 import yaml
 
-from orpheus_operator import config, handlers
+from orpheus_operator import config, handlers, metrics
 from orpheus_operator.kube import ApiError, Kube
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         "all namespaces" if cfg.clusterwide else ",".join(cfg.namespaces),
         cfg.runtime_image,
     )
+    # --- issue #12: operator metrics; kopf peering (leader election) when ORPHEUS_OPERATOR_PEERING names one.
+    # Each replica draws a random priority: the highest reconciles, the others pause until its record expires.
+    if cfg.metrics_port:
+        metrics.serve(cfg.metrics_port)
+    peering = {"peering_name": cfg.peering, "priority": random.randrange(1, 2**31)} if cfg.peering else {}
+    # --- end issue #12
     kopf.run(
         registry=registry,
-        standalone=True,
+        standalone=not cfg.peering,  # issue #12
+        **peering,  # issue #12
         clusterwide=cfg.clusterwide,
         namespaces=cfg.namespaces,
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",

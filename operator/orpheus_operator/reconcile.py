@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from orpheus_operator import buildstate, crd, hashing, render, status
+from orpheus_operator import buildstate, children, crd, exposure, hashing, metrics, render, status  # issue #12
 from orpheus_operator.buildstate import BuildState
 from orpheus_operator.config import OperatorConfig
 from orpheus_operator.kube import ApiError, Kube
@@ -77,13 +77,16 @@ class Reconciler:
             body = await self.api.get(crd.API_VERSION, crd.KIND, namespace, name)
             if body is None:
                 self._locks.pop((namespace, name), None)
+                metrics.record_status(namespace, name, None)  # issue #12
                 return
             try:
                 await self._drop_legacy_finalizer(body)
                 if body["metadata"].get("deletionTimestamp"):
                     self._locks.pop((namespace, name), None)
+                    metrics.record_status(namespace, name, None)  # issue #12
                     return  # owner references let the garbage collector remove the children
-                await self._reconcile(body)
+                with metrics.reconcile_pass():  # issue #12
+                    await self._reconcile(body)
             except ApiError as e:
                 if e.status == 403 and "being terminated" in e.message:
                     return  # the namespace is being deleted, and this resource with it
@@ -115,6 +118,7 @@ class Reconciler:
             if retryable(e):
                 raise
             errors.append(rejected(e, f"{obj['kind']} {obj['metadata']['name']}"))
+            metrics.CHILD_REJECTIONS.labels(obj["kind"]).inc()  # issue #12
             return None
 
     async def _apply_or_delete(
@@ -167,6 +171,7 @@ class Reconciler:
                         raise
                     errors.append(rejected(e, f"Job {new['metadata']['name']}"))
                     return state
+            metrics.BUILDS_STARTED.inc()  # issue #12
             kopf.info(
                 body,
                 reason="BuildStarted",
@@ -233,12 +238,14 @@ class Reconciler:
             deployment = applied or deployment
             if before is None or before[0] != served[0]:
                 kopf.info(body, reason="RollingOut", message=f"deployment {name} now serves engine {served[0]}")
-            await self._apply(render.render_service(body), errors)
+            service = render.render_service(body)
+            service["metadata"]["annotations"] = exposure.service_annotations(body)  # issue #12: ingress presets
+            await self._apply(service, errors)
             await self._apply_or_delete(render.render_pdb(body), "policy/v1", "PodDisruptionBudget", body, errors)
-            await self._apply_or_delete(render.render_ingress(body), "networking.k8s.io/v1", "Ingress", body, errors)
-            await self._apply_or_delete(
-                render.render_hpa(body), "autoscaling/v2", "HorizontalPodAutoscaler", body, errors
-            )
+            # --- issue #12: Ingress, HTTPRoute, NetworkPolicy, HPA, ScaledObject (children.py) ---
+            for api_version, kind, child in children.optional_children(body):
+                await self._apply_or_delete(child, api_version, kind, body, errors)
+            # --- end issue #12 ---
 
         keep = {engine_hash: state.attempt}
         if served is not None and served[0] != engine_hash:
@@ -251,7 +258,7 @@ class Reconciler:
             status.Observation(
                 generation=meta.get("generation", 0),
                 build=state,
-                endpoint=render.endpoint(body),
+                endpoint=exposure.endpoint(body) or render.endpoint(body),  # issue #12
                 serving_hash=served[0] if served else None,
                 deployment=deployment if served else None,
                 errors=errors,
@@ -262,6 +269,8 @@ class Reconciler:
             kopf.warn(body, reason=state.reason, message=state.message)
         now = datetime.datetime.now(datetime.timezone.utc)
         final = status.with_times(old_status, new_status, now)
+        final["selector"] = exposure.selector(body)  # issue #12: the scale subresource's labelSelectorPath
+        metrics.record_status(ns, name, final)  # issue #12
         if status.changed(old_status, final):
             await self.api.patch_status(crd.API_VERSION, crd.KIND, ns, name, final)
             logger.info("%s/%s: %s (%s)", ns, name, final["phase"], final["message"])

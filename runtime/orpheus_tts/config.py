@@ -64,6 +64,10 @@ class RuntimeConfig:
     # A WebSocket with nothing queued and nothing playing for this long is closed (1000, "idle timeout"), so
     # that idle sockets cannot hold stream places. 0: never.
     ws_idle_timeout_s: float = 20.0
+    # issue #12: /readyz 503 "full" at the stream limit, 200 again 10% below it (readiness.py). Off by default:
+    # when every pod is full, none is ready and the Service has no endpoint, so new clients get a proxy error
+    # instead of a clean 1013 / 503 from a server.
+    load_aware_readiness: bool = False
     ws_ping_interval_s: float = 10.0  # a peer that does not answer a ping within half of this is dropped
     max_pending: int = 32  # messages queued per socket (utterances and errors alike); more: error and close 1008
     # An HTTP connection that sends no (complete) request headers for this long, or a kept-alive one with no
@@ -117,6 +121,7 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_API_KEY": "api_key",
     "ORPHEUS_DRAIN_GRACE_S": "drain_grace_s",
     "ORPHEUS_WS_IDLE_TIMEOUT_S": "ws_idle_timeout_s",
+    "ORPHEUS_LOAD_AWARE_READINESS": "load_aware_readiness",  # issue #12
     "ORPHEUS_WS_PING_INTERVAL_S": "ws_ping_interval_s",
     "ORPHEUS_MAX_PENDING": "max_pending",
     "ORPHEUS_HTTP_IDLE_TIMEOUT_S": "http_idle_timeout_s",

@@ -50,6 +50,7 @@ from orpheus_tts.loader import LoadedModel, LoadError
 from orpheus_tts.metrics import CONTENT_TYPE, Metrics
 from orpheus_tts.openai_compat import DEFAULT_FORMAT, FORMATS, StreamEncoder, resolve_voice
 from orpheus_tts.playground import add_playground_routes
+from orpheus_tts.readiness import LoadReadiness, watermarks  # issue #12
 from orpheus_tts.snac_batcher import SnacBatcher
 from orpheus_tts.snac_decoder import SnacModel
 from orpheus_tts.synthesizer import SAMPLING_FIELDS, SynthesisError, Synthesizer, sampling_params
@@ -166,6 +167,10 @@ class ServerState:
     sessions: set[WsSession] = field(default_factory=set)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     on_fatal: Callable[[], None] | None = None
+    load: LoadReadiness = field(init=False)  # issue #12: not ready when full, again below the low watermark
+
+    def __post_init__(self) -> None:
+        self.load = LoadReadiness(watermarks(self.cfg.stream_limit))  # issue #12
 
     def admit(self) -> str | None:
         """Takes a stream place, or says why not ("draining", "loading", "busy")."""
@@ -178,11 +183,13 @@ class ServerState:
         self.active += 1
         self.idle.clear()
         self.metrics.active_streams.set(self.active)
+        self.load.update(self.active)  # issue #12: load-aware readiness
         return None
 
     def release(self) -> None:
         self.active -= 1
         self.metrics.active_streams.set(self.active)
+        self.load.update(self.active)  # issue #12
         if self.active == 0:
             self.idle.set()
 
@@ -543,6 +550,9 @@ async def readyz(request: web.Request) -> web.Response:
         status = "failed"
     elif not state.ready:
         status = "loading"
+    elif state.cfg.load_aware_readiness and not state.load.ready:  # issue #12: full -> new connections elsewhere
+        return web.json_response({"status": "full", "active_streams": state.active,
+                                  "stream_limit": state.cfg.stream_limit}, status=503)  # fmt: skip
     else:
         return web.json_response({"status": "ready", "active_streams": state.active,
                                   "stream_limit": state.cfg.stream_limit})  # fmt: skip

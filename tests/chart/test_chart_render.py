@@ -36,7 +36,10 @@ def test_defaults_render_one_operator_with_least_surprise(render):
     assert container["command"] == ["orpheus-operator"]
     assert container["image"] == "ghcr.io/orpheus-tts/orpheus-tts-operator:0.1.0"
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "health", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 8081, "protocol": "TCP"},  # issue #12
+    ]
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     env = container_env(dep)
@@ -45,6 +48,7 @@ def test_defaults_render_one_operator_with_least_surprise(render):
         "ORPHEUS_OPERATOR_LOG_LEVEL": "INFO",
         "ORPHEUS_OPERATOR_HEALTH_PORT": "8080",
         "ORPHEUS_OPERATOR_CRD_FILE": "/etc/orpheus-operator/crd/orpheustts.yaml",
+        "ORPHEUS_OPERATOR_METRICS_PORT": "8081",  # issue #12
     }  # no namespaces (all), no build image (the runtime image builds)
     service = find(objects, "Service")
     assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
@@ -114,7 +118,7 @@ BAD_VALUES = [
     ("instances[0].spec=oops", ["instances", "spec", "object"]),
     ("podSecurityContext.runAsNonRoot=false", ["runAsNonRoot", "true"]),
     ("watchNamespaces={Not-A-Namespace}", ["watchNamespaces", "does not match"]),
-    ("replicas=2", ["replicas", "additional"]),
+    ("replicas=0", ["replicas", "minimum"]),  # issue #12: replicas > 1 is kopf peering
     ("image.repository=", ["image", "repository"]),
     # Runtime pods take their pull policy from the OrpheusTTS (spec.runtime.imagePullPolicy), not from here.
     ("runtime.images.torch.pullPolicy=Always", ["runtime/images/torch", "pullPolicy", "not allowed"]),

@@ -151,13 +151,22 @@ def install_rbac(
 class OperatorProcess:
     """`orpheus-operator` in a subprocess, logged in with a ServiceAccount kubeconfig."""
 
-    def __init__(self, kubeconfig: pathlib.Path, log_path: pathlib.Path, namespaces: list[str]) -> None:
+    def __init__(
+        self,
+        kubeconfig: pathlib.Path,
+        log_path: pathlib.Path,
+        namespaces: list[str],
+        extra_env: dict[str, str] | None = None,  # issue #12: e.g. ORPHEUS_OPERATOR_PEERING
+    ) -> None:
         self.kubeconfig, self.log_path, self.namespaces = kubeconfig, log_path, namespaces
+        self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.metrics_port = 0  # issue #12
 
     def start(self) -> OperatorProcess:
         self.port = free_port()
+        self.metrics_port = free_port()  # issue #12
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ORPHEUS_OPERATOR_", "KUBECONFIG"))}
         env.update(
             {
@@ -166,6 +175,8 @@ class OperatorProcess:
                 "ORPHEUS_OPERATOR_RESYNC_SECONDS": "1",
                 "ORPHEUS_OPERATOR_BUILD_RETRY_BASE_SECONDS": "2",
                 "ORPHEUS_OPERATOR_BUILD_RETRY_MAX_SECONDS": "4",
+                "ORPHEUS_OPERATOR_METRICS_PORT": str(self.metrics_port),  # issue #12
+                **self.extra_env,
             }
         )
         args = [a for ns in self.namespaces for a in ("--namespace", ns)] or ["--all-namespaces"]

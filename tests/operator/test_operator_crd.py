@@ -21,7 +21,9 @@ def test_names_match_the_contract() -> None:
     )
     assert doc["spec"]["scope"] == "Namespaced"
     version = doc["spec"]["versions"][0]
-    assert version["name"] == crd.VERSION and version["subresources"] == {"status": {}}
+    assert version["name"] == crd.VERSION and version["subresources"]["status"] == {}
+    # issue #12: `kubectl scale otts/NAME` (tests/operator/test_exposure_k8s.py runs it)
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.runtime.replicas"
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns["Phase"] == ".status.phase"
     assert columns["Ready"] == ".status.readyReplicas"

@@ -27,7 +27,7 @@ from operator_harness import (
     wait_for,
 )
 
-from orpheus_operator import crd
+from orpheus_operator import crd, exposure
 
 
 def conditions(st: dict) -> dict[str, tuple[str, str]]:
@@ -106,14 +106,16 @@ def test_lifecycle_build_deploy_patch_rebuild(cluster: Cluster, run_operator: An
         {
             "runtime": {"replicas": 2},
             "snac": {"maxBatch": 32},
-            "ingress": {"enabled": True, "host": "tts.example.test"},
+            "ingress": {"enabled": True, "host": "tts.example.test", "preset": "nginx"},  # issue #12: presets
         },
     )
     wait_for(lambda: cluster.deployment("voice").spec.replicas == 2, what="replicas patched")
     assert cluster.env("voice")["SNAC_MAX_BATCH"] == "32"
     net = client.NetworkingV1Api(cluster.api)
     ingress = wait_for(lambda: _read_or_none(net.read_namespaced_ingress, "voice", cluster.ns), what="ingress")
-    assert ingress.metadata.annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
+    # issue #12: the preset's timeout is never below the longest utterance the engine limits allow.
+    timeout = exposure.stream_timeout_seconds(cluster.get("voice")["spec"])
+    assert ingress.metadata.annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == str(timeout)
     make_deployment_available(cluster.api, cluster.ns, "voice")
     st = cluster.wait_phase("voice", "Ready")
     assert st["endpoint"] == "http://tts.example.test/" and st["readyReplicas"] == 2

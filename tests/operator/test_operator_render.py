@@ -177,25 +177,12 @@ def test_user_env_overrides_by_name() -> None:
 
 
 def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
+    """The HPA itself (scaling.render_hpa) is tested in test_exposure.py."""
     body = make_body(
         {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6, "targetActiveStreamsPerPod": 12}}
     )
     build, h = build_of(body)
     assert "replicas" not in render.render_deployment(body, CFG, build, h)["spec"]
-    hpa = render.render_hpa(body)
-    assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "voice"}
-    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
-    assert hpa["spec"]["metrics"] == [
-        {
-            "type": "Pods",
-            "pods": {
-                "metric": {"name": "orpheus_active_streams"},
-                "target": {"type": "AverageValue", "averageValue": "12"},
-            },
-        }
-    ]
-    assert render.render_hpa(make_body()) is None
 
 
 def test_pvc_ownership_follows_retention() -> None:
@@ -207,7 +194,8 @@ def test_pvc_ownership_follows_retention() -> None:
     assert gone["spec"]["storageClassName"] == "fast"
 
 
-def test_service_ingress_pdb_and_endpoint() -> None:
+def test_service_pdb_and_endpoint() -> None:
+    """The Ingress itself (exposure.render_ingress) is tested in test_exposure.py."""
     body = make_body(
         {
             "ingress": {
@@ -222,15 +210,7 @@ def test_service_ingress_pdb_and_endpoint() -> None:
     svc = render.render_service(body)
     assert svc["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
     assert svc["spec"]["selector"] == render.selector_labels(body)
-    ing = render.render_ingress(body)
-    assert ing["spec"]["ingressClassName"] == "nginx"
-    assert ing["spec"]["tls"] == [{"hosts": ["tts.example.com"], "secretName": "voice-tls"}]
-    ann = ing["metadata"]["annotations"]
-    assert ann["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600" and ann["a"] == "b"
-    backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]
-    assert backend == {"service": {"name": "voice", "port": {"name": "http"}}}
     assert render.endpoint(body) == "https://tts.example.com/"
-    assert render.render_ingress(make_body()) is None
     assert render.endpoint(make_body()) == "http://voice.tts.svc:8000"
     pdb = render.render_pdb(body)
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": render.selector_labels(body)}}
