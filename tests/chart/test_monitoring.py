@@ -1,11 +1,13 @@
 """The chart's monitoring objects (issue #12): rendered only when asked and when their CRDs exist; every metric a
-rule or dashboard panel queries is one a running `orpheus-tts serve` or the operator really exports; promtool
-accepts the rules; the prometheus-adapter rule (docs/prometheus-adapter-values.yaml) names a real metric; the
-operator's HA settings (replicas, peering objects, RBAC)."""
+rule or dashboard panel queries is one a running `orpheus-tts serve` or the operator really exports; Prometheus'
+own rule-file parser accepts the rules (tests/k8s/rulecheck); the prometheus-adapter rule
+(docs/prometheus-adapter-values.yaml) names a real metric; the operator's HA settings (replicas, peering objects,
+RBAC)."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import re
 import socket
@@ -224,21 +226,33 @@ def test_prometheus_adapter_rule_names_an_exported_metric(runtime_exposition) ->
     assert rule["name"]["as"] == crd.ACTIVE_STREAMS_METRIC
 
 
-def test_promtool_accepts_the_rules(render, tmp_path: Path) -> None:
-    proc = subprocess.run(["bash", str(ROOT / "tests/k8s/build-promtool.sh")], stdout=subprocess.PIPE, text=True)
-    assert proc.returncode == 0, "tests/k8s/build-promtool.sh failed (see stderr)"
-    promtool = Path(proc.stdout.strip().splitlines()[-1]) / "promtool"
+def test_prometheus_parses_the_rules(render, tmp_path: Path) -> None:
+    """Prometheus' rule-file parser (model/rulefmt, what `promtool check rules` runs): the YAML, each PromQL
+    expression, the `for` durations and the annotation templates."""
+    proc = subprocess.run(["bash", str(ROOT / "tests/k8s/build-rulecheck.sh")], stdout=subprocess.PIPE, text=True)
+    assert proc.returncode == 0, "tests/k8s/build-rulecheck.sh failed (see stderr)"
+    rulecheck = Path(proc.stdout.strip().splitlines()[-1]) / "rulecheck"
     rule, *_ = rendered_monitoring(render)
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(yaml.safe_dump(rule["spec"]))
-    out = subprocess.run([str(promtool), "check", "rules", str(rules_file)], capture_output=True, text=True)
+    out = subprocess.run([str(rulecheck), str(rules_file)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS" in out.stdout
-    # promtool really checks: a broken expression fails.
-    rule["spec"]["groups"][1]["rules"][0]["expr"] = "sum(rate(orpheus_rejected_streams_total[5m]"
-    rules_file.write_text(yaml.safe_dump(rule["spec"]))
-    bad = subprocess.run([str(promtool), "check", "rules", str(rules_file)], capture_output=True, text=True)
-    assert bad.returncode != 0
+    count = sum(len(g["rules"]) for g in rule["spec"]["groups"])
+    assert f"SUCCESS: {count} rules" in out.stdout
+    # The parser really checks: a broken expression and a broken annotation template are each refused.
+    for path, broken in (
+        (("expr",), "sum(rate(orpheus_rejected_streams_total[5m]"),
+        (("annotations", "summary"), "{{ $value | humanize "),
+    ):
+        bad = copy.deepcopy(rule)
+        target = bad["spec"]["groups"][1]["rules"][0]
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = broken
+        rules_file.write_text(yaml.safe_dump(bad["spec"]))
+        refused = subprocess.run([str(rulecheck), str(rules_file)], capture_output=True, text=True)
+        assert refused.returncode == 1, (path, refused.stdout)
+        assert "SUCCESS" not in refused.stdout and refused.stderr.strip(), path
 
 
 def test_two_operator_replicas_use_kopf_peering(render) -> None:
