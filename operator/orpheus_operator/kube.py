@@ -12,6 +12,8 @@ import asyncio
 import functools
 import json
 import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +26,9 @@ from orpheus_operator import crd
 
 T = TypeVar("T")
 REQUEST_TIMEOUT = 30  # seconds, per API call
+# A kind the server did not serve (an optional child's CRD not installed) is looked up again after this long:
+# each miss makes the client re-read all of discovery, which every reconcile pass would otherwise repeat.
+ABSENT_KIND_RECHECK_SECONDS = 60.0
 
 
 class ApiError(Exception):
@@ -42,6 +47,10 @@ class ApiError(Exception):
         return cls(int(e.status or 0), body.get("reason") or e.reason or "", body.get("message") or str(e.body))
 
 
+def not_served(api_version: str, kind: str) -> ApiError:
+    return ApiError(404, "NotFound", f"the server does not serve {kind} in {api_version}")
+
+
 def new_api_client() -> client.ApiClient:
     """In a pod: the mounted service account; elsewhere: the kubeconfig."""
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -52,16 +61,23 @@ def new_api_client() -> client.ApiClient:
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+    def __init__(
+        self, api_client: client.ApiClient | None = None, absent_recheck_seconds: float = ABSENT_KIND_RECHECK_SECONDS
+    ) -> None:
         self.api = api_client or new_api_client()
         self.api.user_agent = crd.FIELD_MANAGER
         self._dynamic: DynamicClient | None = None
+        # Calls run in worker threads; the client's discovery cache is not thread-safe when it is re-read.
+        self._discovery_lock = threading.RLock()
+        self._absent: dict[tuple[str, str], float] = {}  # (apiVersion, kind) -> when to look again
+        self._absent_recheck_seconds = absent_recheck_seconds
 
     @property
     def dynamic(self) -> DynamicClient:
-        if self._dynamic is None:  # discovery: a few requests, cached in a file under /tmp
-            self._dynamic = DynamicClient(self.api)
-        return self._dynamic
+        with self._discovery_lock:
+            if self._dynamic is None:  # discovery: a few requests, cached in a file under /tmp
+                self._dynamic = DynamicClient(self.api)
+            return self._dynamic
 
     def close(self) -> None:
         self.api.close()
@@ -79,11 +95,17 @@ class Kube:
         """The kind's API resource. A kind the server does not serve (an optional child whose CRD is not
         installed: HTTPRoute without the Gateway API, ScaledObject without KEDA) is a 404 like a missing object:
         get() answers None, delete() False, apply() raises ApiError(404). The client re-reads discovery before
-        it gives up, so a CRD installed after the operator started is found."""
-        try:
-            return self.dynamic.resources.get(api_version=api_version, kind=kind)
-        except ResourceNotFoundError:
-            raise ApiError(404, "NotFound", f"the server does not serve {kind} in {api_version}") from None
+        it gives up; a miss is remembered for absent_recheck_seconds, so a CRD installed after the operator
+        started is found within that time."""
+        key = (api_version, kind)
+        with self._discovery_lock:
+            if time.monotonic() < self._absent.get(key, 0.0):
+                raise not_served(api_version, kind)
+            try:
+                return self.dynamic.resources.get(api_version=api_version, kind=kind)
+            except ResourceNotFoundError:
+                self._absent[key] = time.monotonic() + self._absent_recheck_seconds
+                raise not_served(api_version, kind) from None
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         def read() -> dict[str, Any]:
