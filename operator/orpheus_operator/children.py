@@ -1,6 +1,6 @@
 """The optional children of an OrpheusTTS (issue #12): each is rendered when its spec field asks for it and
 deleted (if the operator made it) when not. reconcile.py applies this list in one loop, so adding a child
-kind means one line here, an RBAC rule in the chart and a kind in the API client.
+kind means one line here and an RBAC rule in the chart (kube.py finds every kind through discovery).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ Body = dict[str, Any]
 
 def optional_children(body: Body) -> list[tuple[str, str, dict[str, Any] | None]]:
     """(apiVersion, kind, object or None) for each optional child. For a kind whose CRD is not installed
-    (HTTPRoute without Gateway API, ScaledObject without KEDA) the ownership check's GET answers 404, which
-    means "nothing to delete": only a resource that asks for such a child needs its CRD."""
+    (HTTPRoute without Gateway API, ScaledObject without KEDA) kube.py answers the ownership check's GET with
+    None, "nothing to delete": only a resource that asks for such a child needs its CRD (else ChildRejected)."""
     return [
         ("networking.k8s.io/v1", "Ingress", exposure.render_ingress(body)),
         (exposure.GATEWAY_API_VERSION, "HTTPRoute", exposure.render_httproute(body)),
