@@ -111,6 +111,11 @@ def test_kubectl_scale_sets_the_runtime_replicas(kube, namespace, crds) -> None:
             crd.PLURAL,
             {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": "voice"}, "spec": {}},
         )
+        # runtime.replicas unset ("leave the count alone"): GET on the scale subresource is an error (the API
+        # server needs specReplicasPath to exist), but kubectl scale patches it and works.
+        with pytest.raises(ApiException) as unset:
+            objects.get_namespaced_custom_object_scale(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, "voice")
+        assert ".spec.runtime.replicas" in unset.value.body and "does not exist" in unset.value.body
         kubectl = ["kubectl", "--kubeconfig", str(kube.admin_kubeconfig), "-n", namespace]
         out = subprocess.run([*kubectl, "scale", "otts/voice", "--replicas=3"], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr

@@ -107,7 +107,9 @@ def test_one_replica_reconciles_and_the_other_takes_over(operators, namespace) -
     batch = client.BatchV1Api(api)
 
     def create(name: str) -> None:
-        body = {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": TINY}
+        # runtime.replicas set: the scale subresource answers GET only when its specReplicasPath exists.
+        spec = {**TINY, "runtime": {**TINY.get("runtime", {}), "replicas": 1}}
+        body = {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec}
         objects.create_namespaced_custom_object(crd.GROUP, crd.VERSION, namespace, crd.PLURAL, body)
 
     def build_jobs(name: str) -> list:
