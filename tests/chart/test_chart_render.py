@@ -133,3 +133,17 @@ def test_schema_rejects_bad_values_readably(helm, setting, words):
     assert "values don't meet the specifications of the schema" in message
     for word in words:
         assert word.lower() in message.lower(), f"{word!r} not in: {message}"
+
+
+def test_the_crd_configmap_carries_the_one_crd_file(render) -> None:
+    """crds/orpheustts.yaml is the CRD's one home: Helm installs it, and the ConfigMap the operator applies at
+    start (crds.upgrade) is rendered from the same file, #12's scale subresource and status.selector included."""
+    crd_file = yaml.safe_load((CHART / "crds" / "orpheustts.yaml").read_text())
+    shipped = yaml.safe_load(find(render(), "ConfigMap", "t-orpheus-tts-operator-crd")["data"]["orpheustts.yaml"])
+    assert shipped == crd_file
+    (version,) = shipped["spec"]["versions"]
+    assert version["subresources"]["scale"]["labelSelectorPath"] == ".status.selector"
+    assert "selector" in version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert not [
+        o for o in render("--set", "crds.upgrade=false") if o["kind"] == "ConfigMap" and "crd" in o["metadata"]["name"]
+    ]
