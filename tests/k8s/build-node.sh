@@ -4,7 +4,8 @@
 #   containerd/ containerd, containerd-shim-runc-v2, ctr (containerd 2.x: Kubernetes >= 1.36 needs it)
 #   coredns/    coredns with only the plugins cluster DNS needs (main.go)
 #   traefik/    traefik, the gateway (Ingress and Gateway API providers)
-#   pause/      the pod sandbox image: a static C binary in a hand-made OCI archive (pause.tar)
+#   pause/      the pod sandbox image: a static C binary in a hand-made OCI archive (pause.tar), and a busybox
+#               image (busybox.tar, from Debian's busybox-static) for the smoke tests
 # Each part is cached under $cache/node/parts/<part>-<hash of its inputs and this script>, so changing one part
 # rebuilds only that part. The bin directory (last line on stdout) holds hard links to every part's outputs.
 # Parts build one after another, after build.sh's own build (same lock): the machine has few cores.
@@ -97,8 +98,14 @@ build_pause() {
   local out
   out=$(part_dir pause).tmp
   gcc -static -O2 -s -o "$out/pause" "$here/pause/pause.c"
-  python3 "$here/pause/oci_image.py" "$out/pause" "localhost/orpheus-pause:$(part_key pause)" "$out/pause.tar"
-  echo "localhost/orpheus-pause:$(part_key pause)" >"$out/pause.image"
+  local tag
+  tag=$(part_key pause)
+  python3 "$here/pause/oci_image.py" "localhost/orpheus-pause:$tag" "$out/pause.tar" "$out/pause:/pause" \
+    --user 65535:65535
+  echo "localhost/orpheus-pause:$tag" >"$out/pause.image"
+  # Debian's static busybox (busybox-static): a shell, wget, nslookup and httpd for the cluster's smoke tests.
+  python3 "$here/pause/oci_image.py" "localhost/orpheus-e2e-busybox:$tag" "$out/busybox.tar" /bin/busybox:/bin/busybox
+  echo "localhost/orpheus-e2e-busybox:$tag" >"$out/busybox.image"
 }
 
 start=$SECONDS

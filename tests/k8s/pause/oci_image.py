@@ -1,15 +1,17 @@
-"""Makes a one-file OCI image archive (what `ctr images import` reads) from a static binary: the pod sandbox's
-pause image, with no registry, daemon or image builder. Deterministic: same binary, same digest.
+"""Makes an OCI image archive (what `ctr images import` reads) from static binaries, with no registry, daemon or
+image builder: the pod sandbox's pause image, and a busybox image for the e2e cluster's smoke tests.
+Deterministic: same files, same digest.
 
-usage: python oci_image.py BINARY IMAGE_NAME OUT.tar
+usage: python oci_image.py NAME OUT.tar HOST_FILE:IMAGE_PATH... [--user UID:GID]
+The entrypoint is the first file.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
@@ -33,12 +35,13 @@ def descriptor(media_type: str, digest: str, data: bytes, **extra: object) -> di
     return {"mediaType": media_type, "digest": digest, "size": len(data), **extra}
 
 
-def image_archive(binary: bytes, name: str) -> bytes:
-    layer_digest, layer = blob(tar_bytes({"pause": (binary, 0o755)}))
+def image_archive(files: dict[str, bytes], name: str, user: str) -> bytes:
+    """files: image path -> contents (all executable); the first is the entrypoint."""
+    layer_digest, layer = blob(tar_bytes({path.lstrip("/"): (data, 0o755) for path, data in files.items()}))
     config = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+        "config": {"Entrypoint": [next(iter(files))], "User": user},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     }
     config_digest, config_json = blob(json.dumps(config, sort_keys=True).encode())
@@ -58,15 +61,21 @@ def image_archive(binary: bytes, name: str) -> bytes:
             descriptor("application/vnd.oci.image.manifest.v1+json", manifest_digest, manifest_json, annotations=names)
         ],
     }
-    files = {
+    archive = {
         "oci-layout": (json.dumps({"imageLayoutVersion": "1.0.0"}).encode(), 0o644),
         "index.json": (json.dumps(index, sort_keys=True).encode(), 0o644),
     }
     for digest, data in ((layer_digest, layer), (config_digest, config_json), (manifest_digest, manifest_json)):
-        files["blobs/sha256/" + digest.removeprefix("sha256:")] = (data, 0o644)
-    return tar_bytes(files)
+        archive["blobs/sha256/" + digest.removeprefix("sha256:")] = (data, 0o644)
+    return tar_bytes(archive)
 
 
 if __name__ == "__main__":
-    binary, name, out = sys.argv[1:4]
-    Path(out).write_bytes(image_archive(Path(binary).read_bytes(), name))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("files", nargs="+", help="HOST_FILE:IMAGE_PATH")
+    parser.add_argument("--user", default="0:0")
+    args = parser.parse_args()
+    files = {spec.split(":", 1)[1]: Path(spec.split(":", 1)[0]).read_bytes() for spec in args.files}
+    args.out.write_bytes(image_archive(files, args.name, args.user))
