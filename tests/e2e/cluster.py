@@ -900,6 +900,32 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
             log("down left: " + "; ".join(problems))
         return problems
 
+    def diagnostics(self, tail: int = 60) -> str:
+        """Events, descriptions and logs of everything in the workload namespaces, and the node processes' log
+        tails: what a failed test prints."""
+        out = []
+
+        def run(*args: str) -> None:
+            proc = self.kubectl(*args, check=False, timeout=60)
+            out.append(f"$ kubectl {shlex.join(args)}\n{proc.stdout}{proc.stderr}")
+
+        run("get", "nodes,pv", "-o", "wide")
+        namespaces = self.kubectl("get", "ns", "-o", "name", check=False).stdout.split()
+        skip = {"namespace/kube-public", "namespace/kube-node-lease", "namespace/kube-system"}
+        for ns in [n.removeprefix("namespace/") for n in namespaces if n not in skip]:
+            kinds = "all,pvc,ingress,configmap"
+            if "orpheustts" in self.kubectl("api-resources", "-o", "name", check=False).stdout:
+                kinds += ",orpheustts"
+            run("-n", ns, "get", kinds, "-o", "wide")
+            run("-n", ns, "get", "events", "--sort-by=.lastTimestamp")
+            run("-n", ns, "describe", kinds.replace(",configmap", ""))
+            for pod in self.kubectl("-n", ns, "get", "pods", "-o", "name", check=False).stdout.split():
+                run("-n", ns, "logs", pod, "--all-containers", "--prefix", f"--tail={tail}")
+                run("-n", ns, "logs", pod, "--all-containers", "--prefix", f"--tail={tail}", "--previous")
+        for name in self.load_state().get("pids", {}):
+            out.append(f"--- {name} log (last 20 lines) ---\n{self.log_tail(name, 20)}")
+        return "\n".join(out)
+
     # ---- status --------------------------------------------------------------------------------------------
 
     def status(self) -> dict:
@@ -911,6 +937,25 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
             "gateway": self.gateway_url if state else None,
             "logs": str(self.workdir / "logs") if state else None,
         }
+
+
+def leftovers() -> list[str]:
+    """What of a cluster is still on this machine (empty after a clean `down`)."""
+    found = []
+    for link in (NODE_BRIDGE, CNI_BRIDGE):
+        if Path(f"/sys/class/net/{link}").exists():
+            found.append(f"link {link}")
+    routes = sh("ip", "route", "show").stdout
+    found += [f"route {cidr}" for cidr in (SERVICE_CIDR, POD_CIDR, NODE_CIDR) if cidr in routes]
+    for binary in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle", "raw"):
+            found += [
+                f"{binary} -t {table} chain {c}" for c in iptables_chains(binary, table) if c.startswith(CHAIN_PREFIXES)
+            ]
+    found += [f"mount {m}" for m in mounts_under([WORKDIR, RUNDIR, Path("/run/containerd")])]
+    found += [f"cgroup {d}" for d in cgroup_dirs()]
+    found += [f"path {p}" for p in (WORKDIR, RUNDIR) if p.exists()]
+    return found
 
 
 def gateway_api_crds() -> Path:
