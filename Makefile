@@ -1,9 +1,17 @@
 # `make demo`: tiny random-weight model -> server -> WAV over the real WebSocket path.
 # `make test`: lint + every test (runtime on CPU, operator and chart against a real kube-apiserver).
-.PHONY: demo test lint
+# `make e2e`: only the end-to-end suite (a real single-node cluster, tests/e2e; needs root).
+# `make cluster-up` / `make cluster-down`: that cluster by hand (docs/deploy.md, "Try it locally").
+.PHONY: demo test lint e2e cluster-up cluster-down
 demo:
 	bash scripts/demo.sh
 test:
-	bash scripts/test.sh
+	bash scripts/test.sh $(ARGS)
+e2e:
+	bash scripts/test.sh -m e2e tests/e2e $(ARGS)
+cluster-up:
+	bash -c 'source scripts/env.sh && python -m tests.e2e.cluster up'
+cluster-down:
+	bash -c 'source scripts/env.sh && python -m tests.e2e.cluster down'
 lint:
 	bash -c 'source scripts/env.sh && ruff check . && ruff format --check .'

@@ -249,3 +249,240 @@ def test_metrics_are_scraped_through_the_gateway(ready: list[str]) -> None:
     assert status == 200
     text = body.decode()
     assert "# TYPE" in text and "orpheus" in text
+
+
+# ---- rollouts, failures, uninstall: with a client streaming all the while -----------------------------------------
+
+
+class Streamer:
+    """Clients streaming utterances through the gateway in a loop, counting completed and failed streams.
+
+    retry=False: every failed stream counts (a rollout must fail none). retry=True: a client retries a failed stream
+    up to `retries` times before counting it as failed (what clients of a killed pod do)."""
+
+    def __init__(self, clients: int = 2, retry: bool = False, retries: int = 20) -> None:
+        self.ok, self.failed, self.retried, self.errors = 0, 0, 0, []
+        self.retry, self.retries = retry, retries
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    @staticmethod
+    def stream_once() -> int:
+        import socket
+
+        from websockets.sync.client import connect
+
+        sock = socket.create_connection((NODE_IP, 80), timeout=30)
+        with connect(f"ws://{HOST}/ws/tts", sock=sock, max_size=None, open_timeout=30) as ws:
+            ws.send(json.dumps({"text": "Streaming while the cluster changes.", "voice": "tara", "max_tokens": 60}))
+            size = 0
+            while True:
+                message = ws.recv(timeout=120)
+                if isinstance(message, bytes):
+                    if message == b"__END__":
+                        return size
+                    size += len(message)
+                elif json.loads(message).get("type") == "error":
+                    raise RuntimeError(message)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for attempt in range(self.retries + 1 if self.retry else 1):
+                try:
+                    self.stream_once()
+                    with self.lock:
+                        self.ok += 1
+                    break
+                except Exception as e:
+                    with self.lock:
+                        self.errors.append(repr(e)[:300])
+                        self.retried += 1
+                    if attempt < self.retries and self.retry:
+                        time.sleep(1)
+            else:
+                with self.lock:
+                    self.failed += 1
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=300)
+
+    def __repr__(self) -> str:
+        return f"Streamer(ok={self.ok}, failed={self.failed}, retried={self.retried}, errors={self.errors[-5:]})"
+
+
+def otts_status(cluster: Cluster) -> dict:
+    return json.loads(cluster.kubectl("-n", NAMESPACE, "get", "otts", NAME, "-o", "json").stdout).get("status", {})
+
+
+def patch_otts(cluster: Cluster, spec: dict) -> None:
+    cluster.kubectl("-n", NAMESPACE, "patch", "otts", NAME, "--type=merge", "-p", json.dumps({"spec": spec}))
+
+
+def runtime_pods(cluster: Cluster) -> list[dict]:
+    pods = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "pods", "-o", "json").stdout)["items"]
+    return [p for p in pods if p["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "server"]
+
+
+def wait_until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def settled(cluster: Cluster, replicas: int) -> bool:
+    """Ready, all replicas ready, and the Deployment's rollout finished (no old pods left)."""
+    status = otts_status(cluster)
+    if status.get("phase") != "Ready" or status.get("readyReplicas") != replicas:
+        return False
+    pods = runtime_pods(cluster)
+    return len(pods) == replicas and all(not p["metadata"].get("deletionTimestamp") for p in pods)
+
+
+@pytest.fixture(scope="session")
+def two_replicas(cluster: Cluster, ready: list[str]) -> None:
+    patch_otts(cluster, {"runtime": {"replicas": 2}})
+    wait_until(lambda: settled(cluster, 2), READY_TIMEOUT_S, "2 ready replicas")
+
+
+def test_runtime_only_change_rolls_with_zero_failed_streams(cluster: Cluster, two_replicas: None) -> None:
+    before = {p["metadata"]["name"] for p in runtime_pods(cluster)}
+    engine = otts_status(cluster).get("servingEngineHash")
+    streamer = Streamer()
+    try:
+        wait_until(lambda: streamer.ok >= 2, 120, "streams before the change")
+        patch_otts(cluster, {"runtime": {"env": [{"name": "ORPHEUS_E2E_ROLL", "value": "1"}]}})
+        wait_until(
+            lambda: settled(cluster, 2) and not before & {p["metadata"]["name"] for p in runtime_pods(cluster)},
+            READY_TIMEOUT_S,
+            "every runtime pod replaced",
+        )
+        ok_at_swap = streamer.ok
+        wait_until(lambda: streamer.ok >= ok_at_swap + 2, 120, "streams after the rollout")
+    finally:
+        streamer.finish()
+    assert streamer.failed == 0 and streamer.retried == 0, streamer
+    assert otts_status(cluster).get("servingEngineHash") == engine  # no rebuild for a runtime-only change
+
+
+def test_rebuild_worthy_change_builds_while_old_pods_serve(cluster: Cluster, two_replicas: None) -> None:
+    old = otts_status(cluster)
+    streamer = Streamer()
+    try:
+        wait_until(lambda: streamer.ok >= 2, 120, "streams before the change")
+        patch_otts(cluster, {"engine": {"maxBatchSize": 3}})
+        recorder = PhaseRecorder(cluster)
+        try:
+            wait_until(
+                lambda: otts_status(cluster).get("engineHash") not in (None, old.get("engineHash")),
+                120,
+                "a new engine hash",
+            )
+            wait_until(
+                lambda: (
+                    settled(cluster, 2) and otts_status(cluster).get("servingEngineHash") != old["servingEngineHash"]
+                ),
+                READY_TIMEOUT_S,
+                "the new engine serving",
+            )
+        finally:
+            recorder.stop.set()
+            recorder.thread.join()
+        ok_at_swap = streamer.ok
+        wait_until(lambda: streamer.ok >= ok_at_swap + 2, 120, "streams after the swap")
+    finally:
+        streamer.finish()
+    assert "Building" in recorder.phases, recorder.phases
+    assert streamer.failed == 0 and streamer.retried == 0, streamer
+
+
+def test_killed_runtime_pod_is_replaced_and_retrying_clients_are_served(cluster: Cluster, two_replicas: None) -> None:
+    victim = runtime_pods(cluster)[0]["metadata"]["name"]
+    streamer = Streamer(retry=True)
+    try:
+        wait_until(lambda: streamer.ok >= 2, 120, "streams before the kill")
+        cluster.kubectl("-n", NAMESPACE, "delete", "pod", victim, "--grace-period=0", "--force")
+        wait_until(
+            lambda: settled(cluster, 2) and victim not in {p["metadata"]["name"] for p in runtime_pods(cluster)},
+            READY_TIMEOUT_S,
+            "a replacement pod ready",
+        )
+        ok_after = streamer.ok
+        wait_until(lambda: streamer.ok >= ok_after + 2, 120, "streams after the replacement")
+    finally:
+        streamer.finish()
+    assert streamer.failed == 0, streamer
+
+
+def test_operator_killed_mid_build_converges(cluster: Cluster, two_replicas: None) -> None:
+    old = otts_status(cluster)
+    patch_otts(cluster, {"engine": {"maxBatchSize": 2}})
+    wait_until(lambda: otts_status(cluster).get("phase") == "Building", 120, "the build to start")
+    cluster.kubectl(
+        "-n", NAMESPACE, "delete", "pod", "-l", "app.kubernetes.io/name=orpheus-tts-operator", "--grace-period=0",
+        "--force",
+    )  # fmt: skip
+    wait_until(
+        lambda: settled(cluster, 2) and otts_status(cluster).get("servingEngineHash") != old["servingEngineHash"],
+        READY_TIMEOUT_S,
+        "the new engine serving after the operator's restart",
+    )
+    jobs = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "jobs", "-o", "json").stdout)["items"]
+    assert all(j["status"].get("failed", 0) == 0 for j in jobs), [j["status"] for j in jobs]
+
+
+def test_build_job_that_cannot_start_shows_the_reason(cluster: Cluster, installed: None) -> None:
+    broken = orpheus_tts()
+    broken["metadata"]["name"] = "unstartable"
+    broken["spec"]["build"]["image"] = "localhost/orpheus-tts-does-not-exist:e2e"
+    broken["spec"].pop("ingress")
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(broken))
+    try:
+
+        def reason() -> str:
+            doc = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "otts", "unstartable", "-o", "json").stdout)
+            status = doc.get("status", {})
+            text = json.dumps(status)
+            return text if status.get("phase") == "Pending" and ("ImagePull" in text or "ErrImage" in text) else ""
+
+        wait_until(reason, 180, "phase Pending with the image pull reason")
+    finally:
+        cluster.kubectl("-n", NAMESPACE, "delete", "otts", "unstartable", "--timeout=120s")
+
+
+def test_helm_uninstall_leaves_nothing_stuck_and_reinstall_works(
+    cluster: Cluster, images: dict[str, str], installed: None
+) -> None:
+    cluster.kubectl("-n", NAMESPACE, "delete", "otts", "--all", "--timeout=120s")
+    helm(cluster, "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout=120s")
+    everything = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "all,otts,pvc,ingress,jobs", "-o", "json").stdout)[
+        "items"
+    ]
+    stuck = [
+        f"{o['kind']}/{o['metadata']['name']}"
+        for o in everything
+        if o["metadata"].get("deletionTimestamp") or (o["metadata"].get("finalizers") and o["kind"] == "OrpheusTTS")
+    ]
+    assert not stuck
+    operator_repo, operator_tag = repo_and_tag(images["operator"])
+    torch_repo, torch_tag = repo_and_tag(images["torch"])
+    helm(
+        cluster, "install", RELEASE, str(CHART), "--namespace", NAMESPACE,
+        "--set", f"image.repository={operator_repo}", "--set", f"image.tag={operator_tag}",
+        "--set", "runtime.default=torch",
+        "--set", f"runtime.images.torch.repository={torch_repo}", "--set", f"runtime.images.torch.tag={torch_tag}",
+        "--wait", "--timeout=180s",
+    )  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(orpheus_tts()))
+    wait_until(lambda: settled(cluster, 1), READY_TIMEOUT_S, "Ready again after the re-install")
+    status, body = gateway_get("/metrics")
+    assert status == 200 and body
