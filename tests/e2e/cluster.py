@@ -702,6 +702,7 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
         ca = self.pki / "ca.crt"
         token = self.kubectl("-n", "kube-system", "create", "token", "traefik", "--duration=48h").stdout.strip()
         (self.workdir / "traefik.token").write_text(token)
+        (self.workdir / "traefik.token").chmod(0o600)
         corefile = f"""\
 .:53 {{
     bind {NODE_IP}
@@ -718,7 +719,7 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
 """
         (self.workdir / "Corefile").write_text(corefile)
         self._spawn(state, "coredns", ["-conf", str(self.workdir / "Corefile")])
-        k8s = {"endpoint": self.server, "token": token, "certAuthFilePath": str(ca)}
+        k8s = {"endpoint": self.server, "token": str(self.workdir / "traefik.token"), "certAuthFilePath": str(ca)}
         traefik = {
             "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
             "entryPoints": {"web": {"address": f"{NODE_IP}:{GATEWAY_PORT}"}, "traefik": {"address": "127.0.0.1:18082"}},

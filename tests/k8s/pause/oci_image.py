@@ -58,7 +58,13 @@ def image_archive(files: dict[str, bytes], name: str, user: str) -> bytes:
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [
-            descriptor("application/vnd.oci.image.manifest.v1+json", manifest_digest, manifest_json, annotations=names)
+            descriptor(
+                "application/vnd.oci.image.manifest.v1+json",
+                manifest_digest,
+                manifest_json,
+                annotations=names,
+                platform={"architecture": "amd64", "os": "linux"},
+            )
         ],
     }
     archive = {
