@@ -92,7 +92,9 @@ FIXED_PATHS = (
     Path("/var/lib/cni"),
     Path("/run/containerd"),
     Path("/var/lib/kubelet/device-plugins"),
+    Path("/var/lib/kubelet"),  # kubelet makes it for the device-plugin socket even with another --root-dir
     Path("/etc/cni/net.d/cni.lock"),
+    Path("/run/netns"),  # containerd's pod network namespaces (the ones it made are unmounted first)
 )
 # Sysctls kubelet, kube-proxy or this harness set; their values before `up` are restored by `down`.
 SYSCTLS = (
@@ -813,7 +815,8 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
             self.ctr("tasks", "rm", "-f", task, check=False)
         for container in self.ctr("containers", "ls", "-q", check=False).stdout.split():
             self.ctr("containers", "rm", container, check=False)
-        for sandbox in self.ctr("sandboxes", "ls", "-q", check=False).stdout.split():
+        listing = self.ctr("sandboxes", "ls", check=False).stdout.splitlines()[1:]  # a table; no -q
+        for sandbox in [line.split()[0] for line in listing if line.strip()]:
             self.ctr("sandboxes", "rm", "-f", sandbox, check=False)
 
     # ---- down ----------------------------------------------------------------------------------------------
@@ -823,8 +826,10 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
         state = self.load_state()
         problems: list[str] = []
         pids = state.get("pids", {})
+        start = time.monotonic()
 
         def stop(names: list[str], grace: float) -> None:
+            t = time.monotonic()
             live = [pids[n] for n in names if n in pids]
             for pid in live:
                 kill_pid(pid, signal.SIGTERM)
@@ -832,6 +837,8 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
                 kill_pid(pid)
             for pid in wait_gone(live, 5):
                 problems.append(f"pid {pid} survived SIGKILL")
+            if live:
+                log(f"stopped {', '.join(n for n in names if n in pids)} in {time.monotonic() - t:.1f}s")
 
         # Gateway, DNS, proxy and kubelet first (so nothing restarts containers), then the containers, then the rest.
         stop(["traefik", "coredns", "kube-proxy", "kubelet", "kube-scheduler", "kube-controller-manager"], 10)
@@ -888,17 +895,23 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
         for path in FIXED_PATHS:
             if str(path) in existed or not path.exists():
                 continue
-            if path.is_dir():
+            if mounts_under([path]):
+                problems.append(f"not removing {path}: something is still mounted under it")
+            elif path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 with contextlib.suppress(OSError):
                     path.unlink()
+            if path.exists():
+                problems.append(f"could not remove {path}")
         for d in (RUNDIR, self.workdir):
             shutil.rmtree(d, ignore_errors=True)
             if d.exists():
                 problems.append(f"could not remove {d}")
         if problems:
             log("down left: " + "; ".join(problems))
+        if state:
+            log(f"cluster down in {time.monotonic() - start:.0f}s")
         return problems
 
     def diagnostics(self, tail: int = 60) -> str:
