@@ -855,7 +855,7 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
         for pid in shims:
             kill_pid(pid)
         wait_gone(shims, 5)
-        stop(["kube-apiserver", "etcd"], 10)
+        stop(["kube-apiserver", "etcd"], 1)  # their data is thrown away: no graceful shutdown to wait for
 
         # Mounts: pods' volumes, container rootfs and shm, shim dirs, the netns the CNI made.
         netns_before = set(state.get("netns_before", []))
