@@ -2,7 +2,8 @@
 # `make test`: lint + every test (runtime on CPU, operator and chart against a real kube-apiserver).
 # `make e2e`: only the end-to-end suite (a real single-node cluster, tests/e2e; needs root).
 # `make cluster-up` / `make cluster-down`: that cluster by hand (docs/deploy.md, "Try it locally").
-.PHONY: demo test lint e2e cluster-up cluster-down
+# `make screenshot`: docs/playground.png, taken in headless Chromium while the playground plays.
+.PHONY: demo test lint e2e cluster-up cluster-down screenshot
 demo:
 	bash scripts/demo.sh
 test:
@@ -15,3 +16,5 @@ cluster-down:
 	bash -c 'source scripts/env.sh && python -m tests.e2e.cluster down'
 lint:
 	bash -c 'source scripts/env.sh && ruff check . && ruff format --check .'
+screenshot:
+	bash -c 'bash scripts/system-deps.sh && source scripts/env.sh && python scripts/screenshot.py'

@@ -8,6 +8,10 @@ ENV TLLM_WORKER_USE_SINGLE_PROCESS=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/home/orpheus/.cache/huggingface
+# TensorRT's libraries (libnvinfer.so.10): NVIDIA's image puts them on the loader path only in a shell start-up
+# file ($ENV, docker/common/install_tensorrt.sh), and neither our ENTRYPOINT nor the operator's command starts a
+# shell. `orpheus-tts doctor` checks it (runtime/orpheus_tts/doctor.py TENSORRT_LIB_DIR). [issue 14, item 4]
+ENV LD_LIBRARY_PATH=/usr/local/tensorrt/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}
 
 # Runtime requirements, except what the base image already ships (torch, numpy, ...): TensorRT-LLM is validated
 # against the image's own versions, so those stay; everything else installs at the project's pins.

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the whole serving path on CPU, no GPU, no download, in about a minute.
-# tiny random-weight model (.demo/model) -> `orpheus-tts serve` -> `orpheus-tts say` over the WebSocket -> out.wav
+# tiny random-weight model (.demo/model) -> `orpheus-tts serve` -> `orpheus-tts say` over the WebSocket -> out.wav,
+# then the playground's URL: at a terminal the server keeps serving it until Ctrl-C; otherwise (CI, pipes) the
+# server stops and the demo prints the command that serves it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -13,7 +15,19 @@ if [ ! -f "$demo/model/snac/config.json" ]; then
   orpheus-tts make-tiny-model "$demo/model"
 fi
 
-port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# 8000 if free (a URL to remember for the playground), else any free port.
+port=$(python - <<'EOF'
+import socket
+for port in (8000, 0):
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+            print(s.getsockname()[1])
+            break
+    except OSError:
+        continue
+EOF
+)
 echo "==> starting orpheus-tts serve on 127.0.0.1:$port (log: $demo/server.log)"
 orpheus-tts serve --model "$demo/model" --host 127.0.0.1 --port "$port" --device cpu --snac-device cpu \
   --no-cuda-graphs --max-output-len 256 >"$demo/server.log" 2>&1 &
@@ -53,17 +67,37 @@ if (rate, channels, bits) != (24000, 1, 16) or frames == 0:
 print(f"==> {sys.argv[1]}: valid WAV, 24 kHz mono s16le, {frames / rate:.2f} s")
 EOF
 
-echo "==> stopping the server (SIGTERM: drain, then exit)"
-kill -TERM "$server"
-status=0
-wait "$server" || status=$?
-trap - EXIT
-if [ "$status" -ne 0 ]; then
-  echo "the server exited with status $status (see $demo/server.log)" >&2
-  exit 1
-fi
-
 echo
 echo "Wrote $(pwd)/$out"
 echo "The tiny model has random weights: the WAV is noise, not speech. It shows the serving path works end to end."
 echo "For speech, serve the real model on a GPU (see README: orpheus-tts serve with canopylabs/orpheus-3b-0.1-ft)."
+echo
+
+status=0
+if [ -t 0 ] && [ -t 1 ]; then
+  # A person at a terminal: keep serving so that they can try the playground, until Ctrl-C.
+  echo "==> the playground (same server, same noise): http://127.0.0.1:$port/playground/"
+  echo "    Ctrl-C stops the server."
+  # Ctrl-C reaches the server too (same process group): it drains and exits; `wait` then returns.
+  trap ':' INT
+  wait "$server" || status=$?
+  if kill -0 "$server" 2>/dev/null; then
+    kill -TERM "$server"
+    status=0
+    wait "$server" || status=$?
+  fi
+else
+  echo "==> stopping the server (SIGTERM: drain, then exit)"
+  kill -TERM "$server"
+  wait "$server" || status=$?
+fi
+trap - EXIT INT
+if [ "$status" -ne 0 ]; then
+  echo "the server exited with status $status (see $demo/server.log)" >&2
+  exit 1
+fi
+if ! [ -t 0 ] || ! [ -t 1 ]; then
+  echo "To try the playground, serve the same model and open http://127.0.0.1:8000/playground/ :"
+  echo "  source scripts/env.sh && orpheus-tts serve --model $demo/model --host 127.0.0.1 --port 8000 --device cpu \\"
+  echo "    --snac-device cpu --no-cuda-graphs --max-output-len 256"
+fi

@@ -218,6 +218,7 @@ def runtime_env(spec: dict[str, Any], build: dict[str, Any], engine_hash: str) -
         {"name": "SNAC_BATCH_TIMEOUT_MS", "value": str(spec["snac"]["batchTimeoutMs"])},
         {"name": "PORT", "value": str(crd.HTTP_PORT)},
         {"name": "ORPHEUS_DRAIN_GRACE_S", "value": str(runtime["drainGraceSeconds"])},
+        {"name": "ORPHEUS_PLAYGROUND", "value": "1" if runtime["playground"] else "0"},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "TLLM_WORKER_USE_SINGLE_PROCESS", "value": "1"},
     ]

@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-model": ("orpheus_tts.tiny_model", "Write a tiny random-weight model in Orpheus layout"),
     "download": ("orpheus_tts.hub", "Download a model from the Hugging Face hub (HF_TOKEN)"),
     "build-engine": ("orpheus_tts.build_engine", "Build the serving engine into a directory, with manifest"),
+    "make-calibration": ("orpheus_tts.calibration", "Generate the INT4-AWQ / INT8-KV calibration set from the model"),
+    "doctor": ("orpheus_tts.doctor", "Check this node and image (GPU, libraries, an engine's manifest)"),
 }
 
 
@@ -29,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]
+    # First, before torch and its threads exist (memory.py says why).
+    from orpheus_tts.config import allocator_tuned_by_env
+    from orpheus_tts.memory import tune_malloc
+
+    if not allocator_tuned_by_env():
+        tune_malloc()
     module = importlib.import_module(COMMANDS[name][0])
     # Each module exposes `main(argv)`; client.py serves two commands.
     entry = getattr(module, f"{name.replace('-', '_')}_main", None) or module.main

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from orpheus_tts.config import client_api_key
 from orpheus_tts.wav import SAMPLE_RATE, write_wav
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws/tts"
@@ -29,6 +30,13 @@ class TtsError(RuntimeError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+
+
+API_KEY_HELP = "default: $ORPHEUS_API_KEY (prefer it: a flag is visible to other users in `ps`)"
+
+
+def add_api_key_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-key", default=client_api_key(), help=f"sent as Authorization: Bearer; {API_KEY_HELP}")
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -102,7 +110,7 @@ def build_message(text: str, voice: str | None, args: argparse.Namespace) -> dic
 def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--voice", default="tara")
-    parser.add_argument("--api-key", help="sent as Authorization: Bearer")
+    add_api_key_flag(parser)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds")
     sampling_flags(parser)
 

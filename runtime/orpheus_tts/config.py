@@ -61,10 +61,22 @@ class RuntimeConfig:
     max_text_chars: int = 8000
     api_key: str | None = field(default=None, repr=False)  # never printed
     drain_grace_s: float = 30.0
+    # A WebSocket with nothing queued and nothing playing for this long is closed (1000, "idle timeout"), so
+    # that idle sockets cannot hold stream places. 0: never.
+    ws_idle_timeout_s: float = 20.0
+    ws_ping_interval_s: float = 10.0  # a peer that does not answer a ping within half of this is dropped
+    max_pending: int = 32  # messages queued per socket (utterances and errors alike); more: error and close 1008
+    # An HTTP connection that sends no (complete) request headers for this long, or a kept-alive one with no
+    # next request, is closed; a request body that takes longer than http_body_timeout_s to arrive gets 408.
+    http_idle_timeout_s: float = 15.0
+    http_body_timeout_s: float = 10.0
     # How long a Python thread may hold the GIL while another wants it (CPython's default is 5 ms). The engine
     # thread, the SNAC thread and the event loop hand it over several times per decode step.
     gil_switch_interval_ms: float = 1.0
     log_level: str = "INFO"
+    # The browser playground at /playground/ (static page + /playground/info.json); the API key still guards
+    # the WebSocket it speaks through.
+    playground: bool = True
 
     @property
     def stream_limit(self) -> int:
@@ -104,8 +116,14 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_MAX_TEXT_CHARS": "max_text_chars",
     "ORPHEUS_API_KEY": "api_key",
     "ORPHEUS_DRAIN_GRACE_S": "drain_grace_s",
+    "ORPHEUS_WS_IDLE_TIMEOUT_S": "ws_idle_timeout_s",
+    "ORPHEUS_WS_PING_INTERVAL_S": "ws_ping_interval_s",
+    "ORPHEUS_MAX_PENDING": "max_pending",
+    "ORPHEUS_HTTP_IDLE_TIMEOUT_S": "http_idle_timeout_s",
+    "ORPHEUS_HTTP_BODY_TIMEOUT_S": "http_body_timeout_s",
     "ORPHEUS_GIL_SWITCH_INTERVAL_MS": "gil_switch_interval_ms",
     "ORPHEUS_LOG_LEVEL": "log_level",
+    "ORPHEUS_PLAYGROUND": "playground",
 }
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(RuntimeConfig)}
@@ -138,13 +156,16 @@ def _parse(name: str, raw: str) -> Any:
 def validate(cfg: RuntimeConfig) -> RuntimeConfig:
     if cfg.backend not in ("torch", "trtllm"):
         raise ConfigError(f"backend must be 'torch' or 'trtllm', not {cfg.backend!r}")
-    for name in ("max_input_len", "max_output_len", "max_batch_size", "snac_max_batch", "port"):
+    for name in ("max_input_len", "max_output_len", "max_batch_size", "snac_max_batch", "port", "max_pending",
+                 "ws_ping_interval_s", "http_idle_timeout_s", "http_body_timeout_s"):  # fmt: skip
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)}")
     if not 0.0 < cfg.kv_free_gpu_frac <= 1.0:
         raise ConfigError(f"kv_free_gpu_frac must be in (0, 1], got {cfg.kv_free_gpu_frac}")
     if cfg.snac_batch_timeout_ms < 0:
         raise ConfigError("snac_batch_timeout_ms must be >= 0")
+    if cfg.ws_idle_timeout_s < 0:
+        raise ConfigError("ws_idle_timeout_s must be >= 0 (0: never)")
     return cfg
 
 
@@ -157,6 +178,25 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Runt
             values[name] = _parse(name, environ[var])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return validate(RuntimeConfig(**values))
+
+
+# glibc's own malloc variables, and preloads of other allocators: their user's choice wins over memory.py's.
+ALLOCATOR_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
+                 "GLIBC_TUNABLES")  # fmt: skip
+
+
+def allocator_tuned_by_env(environ: Mapping[str, str] | None = None) -> bool:
+    environ = os.environ if environ is None else environ
+    return any(v in environ for v in ALLOCATOR_ENV) or any(
+        name in environ.get("LD_PRELOAD", "") for name in ("jemalloc", "tcmalloc", "mimalloc")
+    )
+
+
+def client_api_key(environ: Mapping[str, str] | None = None) -> str | None:
+    """The API key the client commands (`say`, `warmup`, `bench`) send: ORPHEUS_API_KEY, the same variable
+    the server reads, so that the key never has to appear on a command line (visible in `ps`)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("ORPHEUS_API_KEY") or None
 
 
 def add_cli_flags(parser: argparse.ArgumentParser, names: list[str] | None = None) -> None:

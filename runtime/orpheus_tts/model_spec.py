@@ -72,6 +72,8 @@ class ModelSpec:
     default_voice: str = "tara"
     sample_rate: int = 24000
     samples_per_frame: int = 2048
+    # True for `orpheus-tts make-tiny-model` output: its audio is noise (the playground says so).
+    random_weights: bool = False
     shape: LlamaShape = field(default_factory=LlamaShape)
 
     @property

@@ -1,24 +1,33 @@
 """`orpheus-tts serve`: the HTTP/WebSocket front end (aiohttp).
 
 Endpoints: WS /ws/tts (the seed's protocol, extended compatibly), POST /v1/audio/speech (OpenAI-style),
-GET /healthz (process alive), /readyz (model loaded and warmed, not draining), /metrics (Prometheus).
+GET /healthz (process alive), /readyz (model loaded and warmed, not draining), /metrics (Prometheus),
+GET /playground/ (the browser playground, playground.py; off with ORPHEUS_PLAYGROUND=0).
 
 A "stream" is one WebSocket connection or one HTTP speech request: admission control counts those, so
-an admitted client keeps its place for all the utterances it sends. The process listens before the
-model is loaded (liveness answers during a long load); /readyz turns 200 once it can serve.
+an admitted client keeps its place for all the utterances it sends, but a socket with nothing queued or
+playing for `ws_idle_timeout_s` is closed (1000, "idle timeout"): idle sockets cannot hold places. The
+process listens before the model is loaded (liveness answers during a long load); /readyz turns 200 once
+it can serve.
 
 WebSocket protocol: each text message {"text", "voice"?, sampling fields?} is answered IN ORDER by
 binary PCM messages (24 kHz mono s16le) then b"__END__". Bad messages get a JSON
 {"type": "error", "code", "message"} in their turn and the socket stays open; {"type": "cancel"} stops
-the current utterance and drops the queued ones, acknowledged by {"type": "cancelled"}.
-Close codes: 1008 bad API key or unknown voice, 1009 message > max_message_bytes, 1013 busy / loading /
-draining (retry), 1011 internal or engine failure (after a JSON error), 1001 server shutting down.
+the current utterance and drops the queued ones, acknowledged by {"type": "cancelled"}. More than
+`max_pending` queued messages: a `too_many_pending` error at once, then close 1008.
+Browsers cannot set Authorization on a WebSocket: they offer the subprotocols "orpheus-tts.v1" and
+"base64url.bearer.orpheus-tts.<base64url(key)>"; the server answers "orpheus-tts.v1" and never echoes the key.
+Close codes: 1000 idle timeout, 1008 bad API key, unknown voice or too many pending, 1009 message >
+max_message_bytes, 1013 busy / loading / draining (retry), 1011 internal or engine failure (after a JSON
+error), 1001 server shutting down (also to sockets still busy when the drain grace is over).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import dataclasses
 import gc
@@ -27,32 +36,39 @@ import json
 import logging
 import signal
 import sys
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.abc import AbstractAccessLogger
 
 from orpheus_tts.config import ConfigError, RuntimeConfig, add_cli_flags, from_args
 from orpheus_tts.engine import EngineError
 from orpheus_tts.loader import LoadedModel, LoadError
 from orpheus_tts.metrics import CONTENT_TYPE, Metrics
+from orpheus_tts.openai_compat import DEFAULT_FORMAT, FORMATS, StreamEncoder, resolve_voice
+from orpheus_tts.playground import add_playground_routes
 from orpheus_tts.snac_batcher import SnacBatcher
 from orpheus_tts.snac_decoder import SnacModel
 from orpheus_tts.synthesizer import SAMPLING_FIELDS, SynthesisError, Synthesizer, sampling_params
-from orpheus_tts.wav import wav_header
+from orpheus_tts.wav import SAMPLE_RATE, wav_header
 
 log = logging.getLogger(__name__)
 
 END_OF_UTTERANCE = b"__END__"
 RETRY_AFTER_S = 1
-HEARTBEAT_S = 30.0  # pings find dead peers (no FIN), so their slots free up
-MAX_PENDING = 32  # queued utterances per socket; more get an error
 SECRET_FIELDS = ("hf_token", "api_key")
+CLOSE_TIMEOUT_S = 5.0  # a close handshake a peer does not complete (it does not read) ends in an abort
+CLOSE_NORMAL = WSCloseCode.OK  # 1000: idle timeout
 CLOSE_BUSY = WSCloseCode.TRY_AGAIN_LATER  # 1013
 CLOSE_POLICY = WSCloseCode.POLICY_VIOLATION  # 1008
 CLOSE_INTERNAL = WSCloseCode.INTERNAL_ERROR  # 1011
 CLOSE_GOING_AWAY = WSCloseCode.GOING_AWAY  # 1001
+# Browser authentication (the Kubernetes API server's `base64url.bearer.authorization.k8s.io.<token>` pattern).
+WS_SUBPROTOCOL = "orpheus-tts.v1"
+BEARER_SUBPROTOCOL_PREFIX = "base64url.bearer.orpheus-tts."
 
 
 # -- messages (pure) ---------------------------------------------------------------------------------------
@@ -76,9 +92,25 @@ class Problem:
     message: str
 
 
+def _show(value: Any) -> str:
+    """A client's value in an error message: short strings quoted, anything else by type (a repr of a deeply
+    nested or huge value is neither readable nor safe)."""
+    if isinstance(value, str) and len(value) <= 40:
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def load_json(data: str | bytes) -> Any:
+    """json.loads for hostile input: too deep a nesting raises RecursionError, which is not a ValueError."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def parse_message(data: str) -> Speak | Cancel | Problem:
     try:
-        obj = json.loads(data)
+        obj = load_json(data)
     except ValueError:
         return Problem("invalid_json", "message is not valid JSON")
     if not isinstance(obj, dict):
@@ -87,7 +119,7 @@ def parse_message(data: str) -> Speak | Cancel | Problem:
     if kind == "cancel":
         return Cancel()
     if kind != "speak":
-        return Problem("invalid_message", f"unknown message type {kind!r} (expected 'speak' or 'cancel')")
+        return Problem("invalid_message", f"unknown message type {_show(kind)} (expected 'speak' or 'cancel')")
     text, voice = obj.get("text"), obj.get("voice")
     if not isinstance(text, str):
         return Problem("invalid_message", '"text" must be a string')
@@ -98,6 +130,23 @@ def parse_message(data: str) -> Speak | Cancel | Problem:
 
 def error_message(code: str, message: str) -> dict[str, str]:
     return {"type": "error", "code": code, "message": message}
+
+
+def offered_subprotocols(header: str) -> list[str]:
+    return [p.strip() for p in header.split(",") if p.strip()]
+
+
+def key_from_subprotocols(offered: list[str]) -> str | None:
+    """The API key a browser sent as `base64url.bearer.orpheus-tts.<base64url(key), unpadded>`, if any."""
+    for proto in offered:
+        if proto.startswith(BEARER_SUBPROTOCOL_PREFIX):
+            encoded = proto[len(BEARER_SUBPROTOCOL_PREFIX) :]
+            try:
+                raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), altchars=b"-_", validate=True)
+                return raw.decode()
+            except (binascii.Error, ValueError):
+                return None  # not a key: refused like a wrong one
+    return None
 
 
 # -- server state --------------------------------------------------------------------------------------------
@@ -140,8 +189,20 @@ class ServerState:
     def authorized(self, request: web.Request) -> bool:
         if not self.cfg.api_key:
             return True
-        given = request.headers.get("Authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {self.cfg.api_key}".encode())
+        return key_matches(request.headers.get("Authorization", ""), self.cfg.api_key)
+
+    def ws_authorized(self, request: web.Request, offered: list[str]) -> bool:
+        """The Authorization header, or (browsers) the key in a subprotocol."""
+        if self.authorized(request):
+            return True
+        key = key_from_subprotocols(offered)
+        return key is not None and hmac.compare_digest(key.encode(), (self.cfg.api_key or "").encode())
+
+
+def key_matches(authorization: str, api_key: str) -> bool:
+    """`Authorization: Bearer <key>`; the scheme is case-insensitive (RFC 9110 11.1)."""
+    scheme, _, token = authorization.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
 
 
 STATE = web.AppKey("state", ServerState)
@@ -182,8 +243,8 @@ async def start_model(state: ServerState, loaded: LoadedModel | None, snac: Snac
 class WsSession:
     """One socket: a reader (this handler's task) queues jobs; a worker answers them in order."""
 
-    def __init__(self, state: ServerState, ws: web.WebSocketResponse) -> None:
-        self.state, self.ws = state, ws
+    def __init__(self, state: ServerState, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.state, self.ws, self.request = state, ws, request
         self.jobs: asyncio.Queue[Speak | Problem | None] = asyncio.Queue()  # None: wake up (drain)
         self.current: asyncio.Task | None = None
 
@@ -206,20 +267,30 @@ class WsSession:
                 return
             if isinstance(job, Cancel):
                 await self._cancel()
-            elif isinstance(job, Speak) and self.state.draining:
-                self.jobs.put_nowait(Problem("draining", "the server is shutting down; reconnect"))
-            elif isinstance(job, Speak) and self.jobs.qsize() >= MAX_PENDING:
-                self.jobs.put_nowait(Problem("too_many_pending", f"more than {MAX_PENDING} queued utterances"))
-            else:
-                self.jobs.put_nowait(job)
+                continue
+            if self.jobs.qsize() >= self.state.cfg.max_pending:
+                # Everything queued counts (errors too): a client that floods and never reads cannot grow us.
+                # Told at once, not in turn: its queue is what is wrong.
+                limit = self.state.cfg.max_pending
+                await self._error("too_many_pending", f"more than {limit} queued messages; read the answers")
+                await self.close(CLOSE_POLICY, b"too many pending messages")
+                return
+            if isinstance(job, Speak) and self.state.draining:
+                job = Problem("draining", "the server is shutting down; reconnect")
+            self.jobs.put_nowait(job)
 
     async def _work(self) -> None:
         try:
             while not self.ws.closed:
                 if self.state.draining and self.jobs.empty():
-                    await self.ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
+                    await self.close(CLOSE_GOING_AWAY, b"server shutting down")
                     return
-                job = await self.jobs.get()
+                idle_s = self.state.cfg.ws_idle_timeout_s
+                try:
+                    job = await asyncio.wait_for(self.jobs.get(), idle_s or None)
+                except asyncio.TimeoutError:  # nothing queued, nothing playing: give the place back
+                    await self.close(CLOSE_NORMAL, f"idle timeout: nothing sent for {idle_s:g} s".encode())
+                    return
                 if job is None:
                     continue
                 self.current = asyncio.create_task(self._answer(job))
@@ -232,6 +303,14 @@ class WsSession:
             if self.current is not None:
                 self.current.cancel()
                 await asyncio.gather(self.current, return_exceptions=True)
+
+    async def close(self, code: int, reason: bytes) -> None:
+        """Closes with a close frame; a peer that does not take it (it does not read) is cut off."""
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason), CLOSE_TIMEOUT_S)
+        except (asyncio.TimeoutError, ConnectionError):
+            if self.request.transport is not None:
+                self.request.transport.abort()
 
     async def _cancel(self) -> None:
         while not self.jobs.empty():
@@ -288,19 +367,26 @@ class WsSession:
         await self._send_json(error_message(code, message))
 
     async def _send_json(self, obj: dict[str, Any]) -> None:
-        with contextlib.suppress(ConnectionError):
-            await self.ws.send_str(json.dumps(obj))
+        # Bounded: a peer that does not read must not hold up the reader (over-queueing, cancel).
+        with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+            await asyncio.wait_for(self.ws.send_str(json.dumps(obj)), CLOSE_TIMEOUT_S)
 
 
 def _reason(text: str) -> bytes:
     return text.encode()[:120]  # a close reason must fit in a control frame (123 bytes)
 
 
-async def ws_tts(request: web.Request) -> web.WebSocketResponse:
+async def ws_tts(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    ws = web.WebSocketResponse(max_msg_size=state.cfg.max_message_bytes, heartbeat=HEARTBEAT_S, compress=False)
+    offered = offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol", ""))
+    if key_from_subprotocols(offered) is not None and WS_SUBPROTOCOL not in offered:
+        # aiohttp would log the offered (unknown) subprotocols, key included: refuse before the handshake.
+        return json_error(400, "invalid_subprotocol", f"offer the {WS_SUBPROTOCOL!r} subprotocol with the key")
+    # Pings find dead peers (no FIN) so that their places free up.
+    ws = web.WebSocketResponse(max_msg_size=state.cfg.max_message_bytes, heartbeat=state.cfg.ws_ping_interval_s,
+                               compress=False, protocols=(WS_SUBPROTOCOL,))  # fmt: skip
     await ws.prepare(request)
-    if not state.authorized(request):
+    if not state.ws_authorized(request, offered):
         state.metrics.errors.labels("unauthorized").inc()
         await ws.close(code=CLOSE_POLICY, message=b"unauthorized: send Authorization: Bearer <api key>")
         return ws
@@ -309,7 +395,7 @@ async def ws_tts(request: web.Request) -> web.WebSocketResponse:
         state.metrics.rejected.labels(refusal).inc()
         await ws.close(code=CLOSE_BUSY, message=refusal.encode())
         return ws
-    session = WsSession(state, ws)
+    session = WsSession(state, ws, request)
     state.sessions.add(session)
     try:
         await session.run()
@@ -339,9 +425,10 @@ def parse_speech_body(body: Any) -> tuple[str, str | None, str, dict[str, Any]] 
         return Problem("invalid_request", '"input" must be a string')
     if voice is not None and not isinstance(voice, str):
         return Problem("invalid_request", '"voice" must be a string')
-    fmt = body.get("response_format", "wav")
-    if fmt not in ("wav", "pcm"):
-        return Problem("unsupported_format", f"response_format {fmt!r} is not supported: use 'wav' or 'pcm'")
+    fmt = body.get("response_format", DEFAULT_FORMAT)
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        return Problem("unsupported_format", f"response_format {_show(fmt)} is not supported: use one of "
+                                             f"{', '.join(FORMATS)}")  # fmt: skip
     speed = body.get("speed", 1.0)
     if isinstance(speed, bool) or not isinstance(speed, (int, float)) or speed != 1.0:
         return Problem("unsupported_speed", "only speed 1.0 is supported (Orpheus speaks at its own pace)")
@@ -353,11 +440,17 @@ def parse_speech_body(body: Any) -> tuple[str, str | None, str, dict[str, Any]] 
 async def speech(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if not state.authorized(request):
-        return json_error(401, "invalid_api_key", "send Authorization: Bearer <api key>", "authentication_error")
+        return json_error(401, "invalid_api_key", "send Authorization: Bearer <api key>", "authentication_error",
+                          headers={"WWW-Authenticate": 'Bearer realm="orpheus-tts"'})  # fmt: skip
     try:
-        body = await request.json()
+        async with asyncio.timeout(state.cfg.http_body_timeout_s):
+            raw = await request.read()
+        body = load_json(raw)
     except web.HTTPRequestEntityTooLarge:
         return json_error(413, "too_large", f"body larger than {state.cfg.max_message_bytes} bytes")
+    except TimeoutError:
+        # The connection is closed after the answer (the rest of the body is waited for no longer either).
+        return json_error(408, "body_timeout", f"the body did not arrive within {state.cfg.http_body_timeout_s:g} s")
     except ValueError:
         return json_error(400, "invalid_json", "body is not valid JSON")
     parsed = parse_speech_body(body)
@@ -386,19 +479,40 @@ async def _stream_speech(request: web.Request, state: ServerState, text: str, vo
     assert synth is not None
     try:
         params = sampling_params(state.cfg, sampling)
-        prompts = synth.prompts(text, voice or synth.spec.default_voice)
+        prompts = synth.prompts(text, resolve_voice(voice, synth.spec.voices, synth.spec.default_voice))
     except SynthesisError as e:
         state.metrics.errors.labels(e.code).inc()
         return json_error(400, e.code, str(e))
-    resp = web.StreamResponse(headers={"Content-Type": "audio/wav" if fmt == "wav" else "audio/pcm",
-                                       "X-Sample-Rate": "24000"})  # fmt: skip
-    await resp.prepare(request)
+    headers = {"Content-Type": FORMATS[fmt].content_type, "X-Sample-Rate": str(SAMPLE_RATE)}
+    if fmt == "wav":
+        # Whole, so that the header has the real sizes (a streamed WAV can only say "unknown", which readers
+        # such as Python's `wave` take literally). Streamed uncompressed audio: `pcm`.
+        chunks = []
+        try:
+            async with contextlib.aclosing(synth.stream(prompts, params)) as audio:
+                async for chunk in audio:
+                    if request.transport is None or request.transport.is_closing():
+                        return web.Response(status=499)  # client gone: stop generating (nobody reads this)
+                    chunks.append(chunk)
+        except SynthesisError as e:
+            log.warning("speech request failed: %s", e)
+            state.metrics.errors.labels(e.code).inc()
+            return json_error(500, e.code, str(e), "server_error")
+        pcm = b"".join(chunks)
+        return web.Response(body=wav_header(len(pcm)) + pcm, headers=headers)
+    encoder = StreamEncoder(FORMATS[fmt]) if FORMATS[fmt].codec is not None else None
+    resp = web.StreamResponse(headers=headers)
     try:
-        if fmt == "wav":
-            await resp.write(wav_header())
+        await resp.prepare(request)
         async with contextlib.aclosing(synth.stream(prompts, params)) as audio:
             async for pcm in audio:
-                await resp.write(pcm)
+                # On the loop: ~1-4 % of real time per stream (aac the most), and never racing the close below.
+                data = pcm if encoder is None else encoder.encode(pcm)
+                if data:
+                    await resp.write(data)
+        if encoder is not None:
+            data, encoder = encoder.finish(), None
+            await resp.write(data)
         await resp.write_eof()
     except ConnectionError:
         pass  # client gone: leaving the loop closed the stream and freed the engine slot
@@ -408,6 +522,9 @@ async def _stream_speech(request: web.Request, state: ServerState, text: str, vo
         state.metrics.errors.labels(getattr(e, "code", "internal")).inc()
         if request.transport is not None:
             request.transport.close()
+    finally:
+        if encoder is not None:
+            encoder.close()
     return resp
 
 
@@ -437,6 +554,34 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+def _playground_info(state: ServerState) -> dict[str, Any] | None:
+    """What the playground page needs from this server (None until the model is loaded); the protocol's
+    constants come from here so that the page has no copy of them."""
+    if state.synth is None or not state.ready:
+        return None
+    spec, cfg = state.synth.spec, state.cfg
+    return {
+        "voices": list(spec.voices),
+        "default_voice": spec.default_voice,
+        "random_weights": spec.random_weights,
+        "sample_rate": SAMPLE_RATE,
+        "api_key_required": bool(cfg.api_key),
+        "max_text_chars": cfg.max_text_chars,
+        "sampling": {
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "repetition_penalty": cfg.repetition_penalty,
+            "max_tokens": cfg.max_output_len,
+        },
+        "protocol": {
+            "path": "/ws/tts",
+            "subprotocol": WS_SUBPROTOCOL,
+            "bearer_prefix": BEARER_SUBPROTOCOL_PREFIX,
+            "end_of_utterance": END_OF_UTTERANCE.decode(),
+        },
+    }
+
+
 async def watch_loop_lag(metrics: Metrics, period_s: float = 0.1) -> None:
     """How late the event loop runs a timer: every stream's bytes go through this loop, so its lag adds to
     every stream's latency (and shows when the host, not the GPU, is the bottleneck)."""
@@ -460,6 +605,8 @@ def create_app(cfg: RuntimeConfig, loaded: LoadedModel | None = None, *, snac: S
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    if cfg.playground:
+        add_playground_routes(app, lambda: _playground_info(state))
 
     async def load() -> None:
         try:
@@ -485,8 +632,7 @@ def create_app(cfg: RuntimeConfig, loaded: LoadedModel | None = None, *, snac: S
         if LOAD_TASK in app:
             app[LOAD_TASK].cancel()
             await asyncio.gather(app[LOAD_TASK], return_exceptions=True)
-        for session in list(state.sessions):
-            await session.ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
+        await asyncio.gather(*(s.close(CLOSE_GOING_AWAY, b"server shutting down") for s in list(state.sessions)))
         if state.batcher is not None:
             await state.batcher.close()
         if state.loaded is not None:
@@ -495,6 +641,32 @@ def create_app(cfg: RuntimeConfig, loaded: LoadedModel | None = None, *, snac: S
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log line without secrets: query values whose name says key or token are redacted (a
+    key sent as `?api_key=` must not land in the log), and no Referer (it may carry such a URL too)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s "%s %s HTTP/%d.%d" %d %d %.3fs "%s"', request.remote, request.method,
+                         redact_url(request.rel_url), request.version.major, request.version.minor,
+                         response.status, response.body_length, time,
+                         request.headers.get("User-Agent", "-"))  # fmt: skip
+
+
+def redact_url(url: Any) -> str:
+    """path?query with the values of key/token-like parameters replaced."""
+    query = [(k, "REDACTED" if ("key" in k.lower() or "token" in k.lower()) else v) for k, v in url.query.items()]
+    return url.path + ("?" + urllib.parse.urlencode(query) if query else "")
+
+
+def runner_options(cfg: RuntimeConfig) -> dict[str, Any]:
+    """The AppRunner's (or TestServer's) settings: connection timeouts and the access log."""
+    # keepalive_timeout also closes a new connection that sends no complete request headers in time (aiohttp
+    # arms it at connection start); aiohttp's own default is an hour.
+    # lingering_time: how long the rest of a body no handler read is waited for (aiohttp's default is 10 s).
+    return {"keepalive_timeout": cfg.http_idle_timeout_s, "lingering_time": cfg.http_body_timeout_s,
+            "access_log_class": AccessLogger}  # fmt: skip
 
 
 async def drain(state: ServerState, grace_s: float) -> bool:
@@ -507,7 +679,10 @@ async def drain(state: ServerState, grace_s: float) -> bool:
         return True
     except asyncio.TimeoutError:
         log.warning("drain: %d streams still active after %.0f s; closing them", state.active, grace_s)
-        return False
+    # Before the runner shuts the server down, which would drop them without a close frame (1006).
+    await asyncio.gather(*(s.close(CLOSE_GOING_AWAY, b"server shutting down: drain grace over")
+                           for s in list(state.sessions)))  # fmt: skip
+    return False
 
 
 async def serve(cfg: RuntimeConfig) -> int:
@@ -519,7 +694,7 @@ async def serve(cfg: RuntimeConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, **runner_options(cfg))
     await runner.setup()
     await web.TCPSite(runner, cfg.host, cfg.port).start()
     log.info("listening on %s:%d", cfg.host, cfg.port)

@@ -194,7 +194,7 @@ def make_tiny_model(out: str | pathlib.Path, seed: int = 0, *, with_snac: bool =
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = ModelSpec()
+    spec = ModelSpec(random_weights=True)
     config = hf_config(spec, SHAPES[shape])
     generator = torch.Generator().manual_seed(seed)
     save_file(random_weights(config, generator), out / "model.safetensors", metadata={"format": "pt"})

@@ -105,6 +105,7 @@ def test_deployment_serves_the_engine_per_the_runtime_contract() -> None:
         "SNAC_BATCH_TIMEOUT_MS": "0",
         "PORT": "8000",
         "ORPHEUS_DRAIN_GRACE_S": "40",
+        "ORPHEUS_PLAYGROUND": "1",
         "HF_HUB_OFFLINE": "1",
         "TLLM_WORKER_USE_SINGLE_PROCESS": "1",
         "ORPHEUS_API_KEY": {"secretKeyRef": {"name": "keys", "key": "api-key"}},
@@ -146,6 +147,13 @@ def test_runtime_image_applies_at_once_with_a_separate_build_image() -> None:
     build, h = build_of(body, cfg)
     (c,) = render.render_deployment(body, cfg, build, h)["spec"]["template"]["spec"]["containers"]
     assert c["image"] == "runtime:2" and build["image"] == "builder:1"
+
+
+def test_playground_can_be_switched_off() -> None:
+    body = make_body({"runtime": {"playground": False}})
+    build, h = build_of(body)
+    (c,) = render.render_deployment(body, CFG, build, h)["spec"]["template"]["spec"]["containers"]
+    assert env_of(c)["ORPHEUS_PLAYGROUND"] == "0"
 
 
 def test_user_env_overrides_by_name() -> None:

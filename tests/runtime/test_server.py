@@ -27,7 +27,7 @@ from orpheus_tts.audio_codes import frames_from_ids
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine import EngineError
 from orpheus_tts.loader import load_engine
-from orpheus_tts.server import STATE, create_app, parse_message, parse_speech_body
+from orpheus_tts.server import STATE, create_app, parse_message, parse_speech_body, runner_options
 from orpheus_tts.snac_decoder import SAMPLES_PER_FRAME, SnacModel, disable_noise, to_pcm16
 
 END = b"__END__"
@@ -94,7 +94,7 @@ async def running_server(cfg: RuntimeConfig, snac: SnacModel | None = None, wrap
     if wrap is not None:
         loaded.engine = wrap(loaded.engine)
     server = TestServer(create_app(cfg, loaded, snac=snac), host="127.0.0.1")
-    await server.start_server()
+    await server.start_server(**runner_options(cfg))
     try:
         yield server
     finally:
@@ -158,9 +158,10 @@ def test_parse_message():
 
 
 def test_parse_speech_body():
-    assert parse_speech_body({"input": "hi", "model": "x", "speed": 1}) == ("hi", None, "wav", {})
+    assert parse_speech_body({"input": "hi", "model": "x", "speed": 1}) == ("hi", None, "mp3", {})
     for body, code in [({"input": "hi", "speed": 1.5}, "unsupported_speed"),
-                       ({"input": "hi", "response_format": "mp3"}, "unsupported_format"),
+                       ({"input": "hi", "response_format": "ogg"}, "unsupported_format"),
+                       ({"input": "hi", "response_format": [[]]}, "unsupported_format"),
                        ({"input": "hi", "stream_format": "sse"}, "unsupported_stream_format"),
                        ({"voice": "tara"}, "invalid_request"), ([], "invalid_request")]:  # fmt: skip
         assert parse_speech_body(body).code == code
@@ -205,14 +206,14 @@ async def test_ws_audio_equals_offline_decode(fast_model_dir):
 async def test_http_speech_wav_and_pcm(server):
     async with aiohttp.ClientSession() as s:
         body = {"model": "orpheus", "input": "Hello there.", "voice": "leo", "max_tokens": 21, "min_tokens": 21}
-        async with s.post(server.make_url("/v1/audio/speech"), json=body) as r:
+        async with s.post(server.make_url("/v1/audio/speech"), json={**body, "response_format": "wav"}) as r:
             assert r.status == 200 and r.headers["Content-Type"] == "audio/wav"
             data = await r.read()
         async with s.post(server.make_url("/v1/audio/speech"), json={**body, "response_format": "pcm"}) as r:
             assert r.headers["Content-Type"] == "audio/pcm"
             assert len(await r.read()) == 3 * FRAME_BYTES
-    with wave.open(io.BytesIO(data[:44] + data[44:])) as w:  # streamed header: sizes unknown (0xFFFFFFFF)
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
+    with wave.open(io.BytesIO(data)) as w:  # a whole file: the header has the real sizes
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()) == (24000, 1, 2, 3 * 2048)
     assert len(data) == 44 + 3 * FRAME_BYTES
     await assert_clean(server)
 
@@ -418,16 +419,25 @@ async def test_engine_failure_sends_error_then_closes_1011(fast_model_dir):
         await assert_clean(server)
 
 
-async def test_http_client_disconnect_frees_the_slot(server):
+@pytest.mark.parametrize("fmt", ["pcm", "mp3", "wav"])
+async def test_http_client_disconnect_frees_the_slot(server, fmt):
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    body = json.dumps({"input": "Talk for a long time.", "max_tokens": 511, "min_tokens": 511}).encode()
+    body = json.dumps({"input": "Talk for a long time.", "max_tokens": 511, "min_tokens": 511,
+                       "response_format": fmt}).encode()  # fmt: skip
     writer.write(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
-    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
-    await reader.readexactly(5000)  # some audio arrived
+    engine = server.app[STATE].loaded.engine
+    if fmt == "wav":  # sent whole at the end: leave once generation is under way
+        for _ in range(600):
+            if any(len(v) > 20 for v in list(engine.ids.values())):
+                break
+            await asyncio.sleep(0.05)
+    else:
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        await reader.readexactly(2000)  # some audio arrived
     writer.transport.abort()
     await assert_clean(server)
-    assert max(len(v) for v in server.app[STATE].loaded.engine.ids.values()) < 511
+    assert max(len(v) for v in engine.ids.values()) < 511
 
 
 class BrokenEngine(RecordingEngine):

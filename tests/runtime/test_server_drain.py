@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import subprocess
@@ -12,6 +13,8 @@ import time
 import aiohttp
 import pytest
 from test_server import FRAME_BYTES, make_fast_model_dir, read_answer, speak
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +43,16 @@ async def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120.0) 
     raise AssertionError("server not ready in time")
 
 
-@pytest.fixture
-def server_process(fast_model_dir, tmp_path):
+@contextlib.contextmanager
+def serve_process(model_dir, tmp_path, *flags: str, env: dict[str, str] | None = None):
     """`orpheus-tts serve` as a real process; yields (process, port, log path); killed if still running."""
     port = free_port()
-    cmd = [sys.executable, "-m", "orpheus_tts.cli", "serve", "--model", str(fast_model_dir), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "orpheus_tts.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--device", "cpu", "--snac-device", "cpu", "--no-cuda-graphs", "--max-input-len", "24",
-           "--max-output-len", "512", "--max-batch-size", "4", "--drain-grace-s", "60"]  # fmt: skip
+           "--max-output-len", "512", *flags]  # fmt: skip
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             yield proc, port, log_path
         finally:
@@ -57,6 +60,20 @@ def server_process(fast_model_dir, tmp_path):
                 proc.kill()
                 proc.wait()
             print(log_path.read_text())  # shown by pytest on failure
+
+
+@pytest.fixture
+def server_process(fast_model_dir, tmp_path):
+    with serve_process(fast_model_dir, tmp_path, "--max-batch-size", "4", "--drain-grace-s", "60") as p:
+        yield p
+
+
+async def wait_exit(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    for _ in range(int(timeout * 10)):
+        if proc.poll() is not None:
+            break
+        await asyncio.sleep(0.1)
+    return proc.poll()
 
 
 async def test_sigterm_drains_in_flight_streams_then_exits_0(server_process):
@@ -97,3 +114,21 @@ async def test_sigterm_drains_in_flight_streams_then_exits_0(server_process):
         await asyncio.sleep(0.1)
     assert proc.poll() == 0
     assert "draining" in log_path.read_text()
+
+
+async def test_past_the_grace_every_socket_is_closed_1001(fast_model_dir, tmp_path):
+    """Streams still busy when the drain grace is over get a close frame (1001 and a reason), not a dropped
+    connection (1006)."""
+    with serve_process(fast_model_dir, tmp_path, "--drain-grace-s", "1") as (proc, port, log_path):
+        await wait_ready(f"http://127.0.0.1:{port}", proc)
+        async with connect(f"ws://127.0.0.1:{port}/ws/tts", proxy=None, compression=None) as ws:
+            for i in range(5):  # far more than a second of work
+                await ws.send(speak(f"Busy {i}.", 511))
+            assert isinstance(await asyncio.wait_for(ws.recv(), 60), bytes)
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 30)
+            assert ws.close_code == 1001 and "drain grace" in ws.close_reason
+        assert await wait_exit(proc) == 0
+        assert "still active" in log_path.read_text()

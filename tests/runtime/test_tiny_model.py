@@ -18,6 +18,7 @@ def test_layout(tiny_model_dir: pathlib.Path):
     assert spec.shape.rope_scaling == defaults.shape.rope_scaling
     assert (spec.bos, spec.end_of_speech, spec.audio_offset, spec.voices) == (
         defaults.bos, defaults.end_of_speech, defaults.audio_offset, defaults.voices)  # fmt: skip
+    assert spec.random_weights and not defaults.random_weights  # what the playground warns about
 
     weights = load_file(tiny_model_dir / "model.safetensors")
     assert weights["model.embed_tokens.weight"].shape == (156940, spec.shape.hidden_size)
