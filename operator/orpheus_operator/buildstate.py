@@ -7,6 +7,7 @@ after an exponential backoff, by the next one: the cluster (Job names and Failed
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,11 @@ STUCK_REASONS = {
     "CreateContainerError",
 }
 MAX_MESSAGE = 400
+# `orpheus-tts build-engine` reports progress on stderr as `build-engine: [<step> <percent>%] <message>`
+# (runtime/orpheus_tts/build_engine.py, Reporter.phase); the operator reads the build pod's log tail.
+PROGRESS_LINE = re.compile(r"^build-engine: \[(?P<step>[\w-]+) (?P<percent>\d+)%\] (?P<message>.*)$")
+# Job controller Events that mean it cannot create the build pod (admission, quota, invalid template).
+CREATE_FAILURES = {"FailedCreate"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,33 @@ class BuildState:
     reason: str = ""
     message: str = ""
     retry_at: datetime.datetime | None = None  # when Failed: the next attempt is due then
+    step: str = ""  # what the build reports doing (download, quantize, build, ...)
+    progress: str = ""  # "35%"
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: str
+    percent: int
+    message: str
+
+
+def parse_progress(log: str) -> Progress | None:
+    """The last progress line in a build pod's log."""
+    for line in reversed((log or "").splitlines()):
+        m = PROGRESS_LINE.match(line.strip())
+        if m:
+            return Progress(m["step"], int(m["percent"]), m["message"])
+    return None
+
+
+def create_failure(events: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The newest Event saying the Job controller cannot create the build pod, if any."""
+    failures = [e for e in events if e.get("type") == "Warning" and e.get("reason") in CREATE_FAILURES]
+    if not failures:
+        return None
+    newest = max(failures, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return newest["reason"], _one_line(newest.get("message", ""))
 
 
 def attempt_of(job: dict[str, Any]) -> int:
@@ -161,26 +194,46 @@ def retry_delay(attempt: int, cfg: OperatorConfig) -> float:
 
 
 def evaluate(
-    engine_hash: str, job: dict[str, Any] | None, pods: list[dict[str, Any]], cfg: OperatorConfig
+    engine_hash: str,
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    cfg: OperatorConfig,
+    events: list[dict[str, Any]] | None = None,
+    progress: Progress | None = None,
 ) -> BuildState:
-    """The state of the build of `engine_hash` given its latest Job (or None) and that Job's pods."""
+    """The state of the build of `engine_hash` given its latest Job (or None), that Job's pods, the Job's Events
+    (read when it has no pod) and the progress its pod last reported."""
     if job is None:
         return BuildState(engine_hash, MISSING)
     name, attempt = job["metadata"]["name"], attempt_of(job)
     outcome = job_outcome(job)
     if outcome == SUCCEEDED:
-        return BuildState(engine_hash, SUCCEEDED, attempt, name, "Built", f"engine {engine_hash} built by job {name}")
+        message = f"engine {engine_hash} built by job {name}"
+        return BuildState(engine_hash, SUCCEEDED, attempt, name, "Built", message, step="Done", progress="100%")
     if outcome == RUNNING:
-        stuck = stuck_pod(pods)
+        stuck = stuck_pod(pods) or (None if pods else create_failure(events or []))
         if stuck:
-            return BuildState(engine_hash, RUNNING, attempt, name, *stuck)
-        return building(engine_hash, attempt, name)
+            return BuildState(engine_hash, RUNNING, attempt, name, *stuck, step="Pending")
+        state = building(engine_hash, attempt, name)
+        if progress is None:
+            return state
+        message = f"{state.message}: {progress.step} {progress.percent}% {progress.message}".strip()
+        return BuildState(
+            engine_hash,
+            RUNNING,
+            attempt,
+            name,
+            state.reason,
+            message,
+            step=progress.step,
+            progress=f"{progress.percent}%",
+        )
     reason, message = explain_failure(job, pods)
     failed_at = parse_time((_condition(job, "Failed") or {}).get("lastTransitionTime")) or parse_time(
         job["metadata"].get("creationTimestamp")
     )
     retry_at = failed_at + datetime.timedelta(seconds=retry_delay(attempt, cfg)) if failed_at else None
-    return BuildState(engine_hash, FAILED, attempt, name, reason, message, retry_at)
+    return BuildState(engine_hash, FAILED, attempt, name, reason, message, retry_at, step="Failed")
 
 
 def retry_due(state: BuildState, now: datetime.datetime) -> bool:

@@ -30,6 +30,9 @@ class OperatorConfig:
     # A failed build is retried after base * 2**(attempt-1) seconds, capped at max.
     build_retry_base_seconds: float = 60.0
     build_retry_max_seconds: float = 1800.0
+    # The CRD to install over the cluster's at start (the chart mounts its crds/ file): `helm upgrade` never
+    # upgrades a CRD, so the operator of a new chart version brings its own. None: leave the CRD alone.
+    crd_file: str | None = None
 
     @property
     def clusterwide(self) -> bool:
@@ -45,6 +48,7 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_OPERATOR_RESYNC_SECONDS": "resync_seconds",
     "ORPHEUS_OPERATOR_BUILD_RETRY_BASE_SECONDS": "build_retry_base_seconds",
     "ORPHEUS_OPERATOR_BUILD_RETRY_MAX_SECONDS": "build_retry_max_seconds",
+    "ORPHEUS_OPERATOR_CRD_FILE": "crd_file",
 }
 
 
@@ -63,7 +67,7 @@ def _parse(name: str, raw: str) -> object:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{name}: cannot parse {raw!r}") from None
-    if name == "build_image":
+    if name in ("build_image", "crd_file"):
         return raw or None  # set but empty (the chart's default) means unset
     return raw
 

@@ -12,7 +12,10 @@ KIND = "OrpheusTTS"
 PLURAL = "orpheusttses"
 
 FIELD_MANAGER = "orpheus-operator"
-FINALIZER = f"{GROUP}/operator"  # kopf's timer needs one to stop cleanly before the object goes
+# Field manager that keeps spec.replicas at its running value when the operator stops managing it (autoscaling).
+HANDOVER_MANAGER = "orpheus-operator-handover"
+# Put on every resource by operator versions up to 0.1.0 (for a kopf timer); no cleanup needs it, so it is removed.
+LEGACY_FINALIZER = f"{GROUP}/operator"
 
 # Labels on every child; the selector labels never change (a Deployment's selector is immutable).
 NAME_LABEL = "app.kubernetes.io/name"
@@ -25,10 +28,14 @@ ATTEMPT_LABEL = f"{GROUP}/build-attempt"
 # The build-relevant spec an engine was built from, on its Job and on the Deployment serving it:
 # a Deployment keeps serving its engine (and its limits) while a new one builds.
 BUILD_SPEC_ANNOTATION = f"{GROUP}/build-spec"
+# On the Deployment while autoscaling is on, and after it until runtime.replicas changes: runtime.replicas as it
+# was when autoscaling started ("" when unset).
+REPLICAS_AT_AUTOSCALING_ANNOTATION = f"{GROUP}/replicas-at-autoscaling"
 
 SERVER = "server"
 ENGINE_BUILD = "engine-build"
 ENGINE_STORAGE = "engine-storage"
+ENGINE_STORE = "engine-store"
 
 ENGINES_MOUNT = "/engines"
 HTTP_PORT = 8000
@@ -37,6 +44,10 @@ ACTIVE_STREAMS_METRIC = "orpheus_active_streams"
 
 def pvc_name(name: str) -> str:
     return f"{name}-engines"
+
+
+def store_name(name: str) -> str:
+    return f"{name}-engines"  # the Deployment and Service of the engine store (a PVC of the same name)
 
 
 def job_name(name: str, engine_hash: str, attempt: int) -> str:

@@ -2,19 +2,29 @@
 
 - the resource's own watch events (creation, spec changes, operator start: kopf lists everything first),
 - its children's events (a Job finishing, a Deployment becoming available): reacts without waiting,
-- a resync timer per resource: drift, build retries after their backoff, anything missed.
+- one resync loop over all resources: drift, build retries after their backoff, anything missed.
+
+Only watch-event handlers: kopf puts no finalizer on a resource for them (timers, daemons and on.delete
+handlers would need one). The operator has no cleanup to do on deletion (ownerReferences let the garbage
+collector remove the children), so deleting a resource never waits for the operator, and `helm uninstall`,
+which removes the operator first, strands nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from typing import Any
 
 import kopf
 
-from orpheus_operator import crd, kubeapi
+from orpheus_operator import crd
 from orpheus_operator.config import OperatorConfig
+from orpheus_operator.kube import ApiError, Kube
 from orpheus_operator.reconcile import Reconciler
 
+logger = logging.getLogger(__name__)
 MANAGED = {crd.MANAGED_BY_LABEL: crd.MANAGED_BY}
 
 
@@ -26,7 +36,6 @@ def owner_name(body: Any) -> str | None:
 
 
 def configure(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
-    settings.persistence.finalizer = crd.FINALIZER
     # Namespaced mode runs under Roles only: no listing of namespaces or CRDs.
     settings.scanning.disabled = not cfg.clusterwide
     # Reconnect watches regularly so a silently dropped connection cannot stall the operator.
@@ -34,30 +43,51 @@ def configure(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
     settings.watching.client_timeout = 330
 
 
-def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig) -> Reconciler:
-    reconciler = Reconciler(kubeapi.KubeApi(), cfg)
+async def resync(reconciler: Reconciler, cfg: OperatorConfig) -> None:
+    """Reconciles every resource every cfg.resync_seconds."""
+    while True:
+        await asyncio.sleep(cfg.resync_seconds)
+        for namespace in cfg.namespaces or (None,):
+            try:
+                items = await reconciler.api.list(crd.API_VERSION, crd.KIND, namespace)
+            except ApiError as e:
+                logger.warning("resync: cannot list %s in %s: %s", crd.PLURAL, namespace or "all namespaces", e)
+                continue
+            for item in items:
+                meta = item["metadata"]
+                try:
+                    await reconciler.reconcile(meta["namespace"], meta["name"])
+                except Exception:  # one resource's trouble must not stop the others' resync
+                    logger.exception("resync of %s/%s failed", meta["namespace"], meta["name"])
+
+
+def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, api: Kube | None = None) -> Reconciler:
+    reconciler = Reconciler(api or Kube(), cfg)
+    tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.startup(registry=registry)
-    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, cfg)
+        tasks.append(asyncio.create_task(resync(reconciler, cfg)))
+
+    @kopf.on.login(registry=registry)
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+        # kopf's own readers of the same credentials as the operator's client: the pod's service account
+        # (re-read when the rotating token expires), else $KUBECONFIG / ~/.kube/config.
+        return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await reconciler.close()
-
-    @kopf.on.login(registry=registry)
-    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
-        # The same login as the operator's own API client: kopf's, without a Kubernetes client library.
-        return kubeapi.login(settings)
 
     @kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL, id="resource_event", registry=registry)
     async def resource_event(type: str | None, namespace: str, name: str, **_: Any) -> None:
         if type != "DELETED":
             await reconciler.reconcile(namespace, name)
-
-    @kopf.timer(crd.GROUP, crd.VERSION, crd.PLURAL, id="resync", interval=cfg.resync_seconds, registry=registry)
-    async def resync(namespace: str, name: str, **_: Any) -> None:
-        await reconciler.reconcile(namespace, name)
 
     async def child_event(body: Any, namespace: str, **_: Any) -> None:
         owner = owner_name(body)

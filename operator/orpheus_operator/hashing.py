@@ -31,7 +31,7 @@ def image_follows_engine(spec: dict[str, Any], cfg: OperatorConfig) -> bool:
 def build_spec(spec: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
     """What the engine-build Job needs to know: exactly the fields whose change requires a rebuild."""
     engine = spec["engine"]
-    return {
+    build = {
         "repo": spec["model"]["repo"],
         "revision": spec["model"]["revision"],
         "backend": engine["backend"],
@@ -43,6 +43,11 @@ def build_spec(spec: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
         "calibrationDir": spec["build"].get("calibrationDir"),
         "image": build_image(spec, cfg),
     }
+    if engine["backend"] == "trtllm":
+        # A TensorRT engine runs only on the GPU type it was built on: the GPU is part of its identity.
+        gpu = spec["gpu"]
+        build["gpu"] = {"computeCapability": gpu.get("computeCapability") or "", "products": gpu.get("products") or []}
+    return build
 
 
 def dumps(build: dict[str, Any]) -> str:

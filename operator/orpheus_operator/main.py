@@ -3,18 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
 import kopf
+import yaml
 
 from orpheus_operator import config, handlers
+from orpheus_operator.kube import ApiError, Kube
+
+logger = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="orpheus-operator", description=__doc__)
     config.add_cli_flags(parser)
     return parser.parse_args(argv)
+
+
+def upgrade_crd(api: Kube, path: str) -> None:
+    """Replaces the cluster's OrpheusTTS CRD with `path` (a whole-object update, so that fields the new version
+    drops go too; server-side apply would keep those that `helm install` created). Failure is logged, not fatal:
+    the operator then runs against the CRD it finds."""
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        logger.warning("CRD not updated: cannot read %s: %s", path, e)
+        return
+    name = doc["metadata"]["name"]
+    try:
+        current = asyncio.run(api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", name))
+        if current is None:
+            logger.warning("CRD %s is not installed; install the chart's crds/ first", name)
+            return
+        doc["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        doc["metadata"].setdefault("labels", {}).update(current["metadata"].get("labels") or {})
+        doc["metadata"].setdefault("annotations", {}).update(current["metadata"].get("annotations") or {})
+        asyncio.run(api.replace(doc))
+        logger.info("CRD %s updated from %s", name, path)
+    except ApiError as e:
+        logger.warning("CRD %s not updated from %s: %s", name, path, e)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orpheus-operator: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api = Kube()
+    if cfg.crd_file:
+        upgrade_crd(api, cfg.crd_file)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, cfg)
-    logging.getLogger(__name__).info(
+    handlers.register(registry, cfg, api)
+    logger.info(
         "watching %s; runtime image %s",
         "all namespaces" if cfg.clusterwide else ",".join(cfg.namespaces),
         cfg.runtime_image,

@@ -1,8 +1,10 @@
 """The OrpheusTTS status (phase, conditions, counts) from what the cluster says. Pure functions.
 
 Phases: Pending (the build pod cannot start), Building, Deploying (engine built, rollout in progress),
-Ready (rolled out and available), Failed (the build failed, or a child was rejected).
-Conditions: EngineBuilt, Available, Progressing, Degraded (reason + message each).
+Ready (rolled out and available), Failed (the build failed, or a child was rejected before anything served).
+Conditions: Ready (the endpoint serves: `kubectl wait --for=condition=Ready`), EngineBuilt, Available,
+Progressing, Degraded (reason + message each). A child rejected while pods serve leaves them serving and
+reports Degraded, not Failed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 from orpheus_operator import buildstate
 from orpheus_operator.buildstate import BuildState
 
-CONDITION_TYPES = ("EngineBuilt", "Available", "Progressing", "Degraded")
+CONDITION_TYPES = ("Ready", "EngineBuilt", "Available", "Progressing", "Degraded")
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def compute(obs: Observation) -> dict[str, Any]:
     if roll and roll.problem:
         problems.append(roll.problem)
 
-    if build.outcome == buildstate.FAILED or obs.errors:
+    if build.outcome == buildstate.FAILED or (obs.errors and roll is None):
         phase, progress = "Failed", (False, *problems[0])
     elif not built:
         phase = "Pending" if stuck else "Building"
@@ -112,7 +114,14 @@ def compute(obs: Observation) -> dict[str, Any]:
         )
     else:
         available = _cond("Available", False, "Unavailable", roll.message)
+    if roll is None:
+        ready = _cond("Ready", False, "NoEngine", "waiting for the first engine build")
+    elif roll.available and roll.ready > 0:
+        ready = _cond("Ready", True, "Serving", f"{obs.endpoint} serves with {roll.ready} pods")
+    else:
+        ready = _cond("Ready", False, "NotServing", roll.message)
     conditions = [
+        ready,
         _cond("EngineBuilt", built, build.reason or "Building", build.message or "no build job yet"),
         available,
         _cond("Progressing", *progress),
@@ -125,6 +134,8 @@ def compute(obs: Observation) -> dict[str, Any]:
         "engineHash": build.engine_hash,
         "servingEngineHash": obs.serving_hash,
         "buildJob": build.job_name,
+        "buildStep": build.step,
+        "buildProgress": build.progress,
         "replicas": roll.replicas if roll else 0,
         "readyReplicas": roll.ready if roll else 0,
         "endpoint": obs.endpoint if roll else None,

@@ -44,6 +44,7 @@ def test_defaults_render_one_operator_with_least_surprise(render):
         "ORPHEUS_OPERATOR_RUNTIME_IMAGE": "ghcr.io/orpheus-tts/orpheus-tts:0.1.0",
         "ORPHEUS_OPERATOR_LOG_LEVEL": "INFO",
         "ORPHEUS_OPERATOR_HEALTH_PORT": "8080",
+        "ORPHEUS_OPERATOR_CRD_FILE": "/etc/orpheus-operator/crd/orpheustts.yaml",
     }  # no namespaces (all), no build image (the runtime image builds)
     service = find(objects, "Service")
     assert service["spec"]["selector"] == spec["selector"]["matchLabels"]

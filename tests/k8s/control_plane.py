@@ -133,6 +133,9 @@ class ControlPlane:
     workdir: Path = dataclasses.field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="orpheus-kube-")))
     processes: dict[str, subprocess.Popen] = dataclasses.field(default_factory=dict)
     server: str = ""
+    # kube-controller-manager's controllers. The default runs no Job, Deployment or ReplicaSet controller, so tests
+    # drive those objects' status; add "job,deployment,replicaset" to have pods really created (and admitted).
+    controllers: str = "garbagecollector,namespace,serviceaccount"
 
     @property
     def pki(self) -> Path:
@@ -215,7 +218,7 @@ class ControlPlane:
                 f"--kubeconfig={kcm_config}",
                 # garbagecollector and namespace: cascades and namespace deletion really happen; serviceaccount: every
                 # namespace gets its "default" ServiceAccount, which admission requires of pods that name none.
-                "--controllers=garbagecollector,namespace,serviceaccount",
+                f"--controllers={self.controllers}",
                 # Each controller gets its own ServiceAccount and bootstrap Role, as in a kubeadm cluster.
                 "--use-service-account-credentials=true",
                 "--leader-elect=false",

@@ -4,6 +4,7 @@ control plane runs none of them)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import pathlib
 import signal
@@ -14,11 +15,14 @@ import urllib.request
 from typing import Any
 
 import yaml
-from crd_schema import CRD_PATH
+from crd_schema import CRD_PATH, defaulted_spec
 from k8s.control_plane import free_port
 from k8s.waiting import wait_for
 from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
+
+from orpheus_operator import crd, hashing
+from orpheus_operator.config import OperatorConfig
 
 CHART = pathlib.Path(__file__).resolve().parents[2] / "charts/orpheus-tts-operator"
 GROUP, VERSION, PLURAL = "tts.orpheus.dev", "v1alpha1", "orpheusttses"
@@ -30,6 +34,76 @@ TINY = {
     "runtime": {"gpus": 0, "affinity": {}, "tolerations": []},
     "build": {"gpus": 0},
 }
+
+
+CFG = OperatorConfig(runtime_image=RUNTIME_IMAGE)
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        out[key] = (
+            merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def engine_hash(spec: dict) -> str:
+    return hashing.engine_hash(hashing.build_spec(defaulted_spec(spec), CFG))
+
+
+class Cluster:
+    """Admin-side view of one test namespace."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.api, self.ns = api, namespace
+        self.custom = client.CustomObjectsApi(api)
+        self.core, self.apps, self.batch = client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api)
+
+    def create(self, name: str, spec: dict) -> dict:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "OrpheusTTS", "metadata": {"name": name}, "spec": spec}
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
+
+    def patch_spec(self, name: str, spec: dict) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec})
+
+    def get(self, name: str) -> dict | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def status(self, name: str) -> dict:
+        return (self.get(name) or {}).get("status") or {}
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 30) -> dict:
+        return wait_for(
+            lambda: self.status(name) if self.status(name).get("phase") == phase else None,
+            timeout,
+            what=f"{name} phase {phase} (status: {self.status(name)})",
+        )
+
+    def jobs(self, name: str) -> list[dict]:
+        sel = f"{crd.INSTANCE_LABEL}={name},{crd.COMPONENT_LABEL}={crd.ENGINE_BUILD}"
+        items = self.batch.list_namespaced_job(self.ns, label_selector=sel).items
+        return [self.api.sanitize_for_serialization(j) for j in items]
+
+    def job_names(self, name: str) -> list[str]:
+        return sorted(j["metadata"]["name"] for j in self.jobs(name))
+
+    def deployment(self, name: str) -> Any:
+        try:
+            return self.apps.read_namespaced_deployment(name, self.ns)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def env(self, name: str) -> dict[str, str]:
+        dep = self.deployment(name)
+        return {e.name: e.value for e in dep.spec.template.spec.containers[0].env}
 
 
 def install_crd(api: client.ApiClient) -> None:

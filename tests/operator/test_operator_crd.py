@@ -42,11 +42,29 @@ def test_defaults_are_the_issues() -> None:
     }
     assert spec["snac"] == {"maxBatch": 64, "batchTimeoutMs": 0}
     assert spec["model"] == {"repo": "canopylabs/orpheus-3b-0.1-ft", "revision": "main"}
-    products = spec["runtime"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"
-    ][0]["matchExpressions"][0]["values"]
-    assert all("A100" in p for p in products)
+    # A100 (compute capability 8.0) by default, through spec.gpu: runtime.affinity is the user's alone.
+    assert spec["gpu"] == {"computeCapability": "8.0", "resourceName": "nvidia.com/gpu"}
+    assert "affinity" not in spec["runtime"] and "replicas" not in spec["runtime"]
     assert spec["autoscaling"]["enabled"] is False and spec["storage"]["retainOnDelete"] is True
+    # Works on a stock cluster whose only storage class is ReadWriteOnce.
+    assert spec["storage"]["accessMode"] == "ReadWriteOnce"
+
+
+def test_security_defaults_pass_the_restricted_standard_and_merge_with_overrides() -> None:
+    runtime = defaulted_spec({"runtime": {"securityContext": {"readOnlyRootFilesystem": False}}})["runtime"]
+    assert runtime["podSecurityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert runtime["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": False,  # the override; the other defaults stay
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
 def test_nested_defaults_apply_inside_given_objects() -> None:
@@ -67,6 +85,8 @@ def test_defaulted_spec_validates_against_the_schema() -> None:
         {"engine": {"maxBatchSize": -1}},
         {"engine": {"kvFreeGpuFraction": 0}},
         {"storage": {"accessMode": "ReadOnlyMany"}},
+        {"storage": {"accessMode": "ReadWriteOncePod"}},  # several pods can never share it
+        {"gpu": {"computeCapability": "sm_90"}},
         {"storage": {"size": "lots"}},
     ],
 )

@@ -3,11 +3,8 @@ ServiceAccount and RBAC. The tests play kubelet and the Job / Deployment control
 
 from __future__ import annotations
 
-import copy
 import json
-import pathlib
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,144 +16,18 @@ from operator_harness import (
     PLURAL,
     TINY,
     VERSION,
-    OperatorProcess,
+    Cluster,
     build_pod,
+    engine_hash,
     failed_build_pod,
     finish_job,
-    install_crd,
-    install_rbac,
     make_deployment_available,
+    merge,
+    now,
     wait_for,
 )
 
-from orpheus_operator import crd, hashing
-from orpheus_operator.config import OperatorConfig
-
-CFG = OperatorConfig(runtime_image="example.test/orpheus-tts:1")
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = (
-            merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        )
-    return out
-
-
-def engine_hash(spec: dict) -> str:
-    return hashing.engine_hash(hashing.build_spec(defaulted_spec(spec), CFG))
-
-
-class Cluster:
-    """Admin-side view of one test namespace."""
-
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.api, self.ns = api, namespace
-        self.custom = client.CustomObjectsApi(api)
-        self.core, self.apps, self.batch = client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api)
-
-    def create(self, name: str, spec: dict) -> dict:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "OrpheusTTS", "metadata": {"name": name}, "spec": spec}
-        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
-
-    def patch_spec(self, name: str, spec: dict) -> None:
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec})
-
-    def get(self, name: str) -> dict | None:
-        try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-
-    def status(self, name: str) -> dict:
-        return (self.get(name) or {}).get("status") or {}
-
-    def wait_phase(self, name: str, phase: str, timeout: float = 30) -> dict:
-        return wait_for(
-            lambda: self.status(name) if self.status(name).get("phase") == phase else None,
-            timeout,
-            what=f"{name} phase {phase} (status: {self.status(name)})",
-        )
-
-    def jobs(self, name: str) -> list[dict]:
-        sel = f"{crd.INSTANCE_LABEL}={name},{crd.COMPONENT_LABEL}={crd.ENGINE_BUILD}"
-        items = self.batch.list_namespaced_job(self.ns, label_selector=sel).items
-        return [self.api.sanitize_for_serialization(j) for j in items]
-
-    def job_names(self, name: str) -> list[str]:
-        return sorted(j["metadata"]["name"] for j in self.jobs(name))
-
-    def deployment(self, name: str) -> Any:
-        try:
-            return self.apps.read_namespaced_deployment(name, self.ns)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-
-    def env(self, name: str) -> dict[str, str]:
-        dep = self.deployment(name)
-        return {e.name: e.value for e in dep.spec.template.spec.containers[0].env}
-
-
-@pytest.fixture(scope="module")
-def admin(kube: Any) -> Iterator[client.ApiClient]:
-    with kube.api_client() as api:
-        install_crd(api)
-        yield api
-
-
-@pytest.fixture
-def cluster(admin: client.ApiClient, namespace: str) -> Cluster:
-    return Cluster(admin, namespace)
-
-
-@pytest.fixture
-def run_operator(kube: Any, admin: client.ApiClient, namespace: str, tmp_path: pathlib.Path) -> Iterator[Any]:
-    """Starts operators under the chart's RBAC: namespaced (a Role in the test namespace) or cluster-wide."""
-    started: list[OperatorProcess] = []
-    docs: list[dict] = []
-
-    def start(clusterwide: bool = False) -> OperatorProcess:
-        watch = [] if clusterwide else [namespace]
-        if not docs:
-            docs.extend(install_rbac(kube, admin, f"op-{namespace}", namespace, watch))
-        sa = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
-        proc = OperatorProcess(kube.service_account_kubeconfig(namespace, sa), tmp_path / "operator.log", watch)
-        started.append(proc)  # stopped by the fixture even if it never becomes healthy
-        return proc.start()
-
-    yield start
-    # Delete the resources while an operator still runs, so that kopf removes its finalizer and the namespace
-    # can go; an operator that died leaves finalizers behind, which are removed by hand.
-    custom = client.CustomObjectsApi(admin)
-    for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
-        name = item["metadata"]["name"]
-        if not any(p.proc is not None for p in started):
-            custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, {"metadata": {"finalizers": None}}
-            )
-        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    try:
-        wait_for(
-            lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"],
-            what="the test's resources deleted",
-        )
-    finally:
-        for proc in started:
-            proc.stop()
-    rbac = client.RbacAuthorizationV1Api(admin)
-    for doc in docs:  # namespaced ones go with the namespace
-        if doc["kind"] == "ClusterRoleBinding":
-            rbac.delete_cluster_role_binding(doc["metadata"]["name"])
-        elif doc["kind"] == "ClusterRole":
-            rbac.delete_cluster_role(doc["metadata"]["name"])
-    log = tmp_path / "operator.log"
-    if log.exists():
-        print("---- operator log (tail) ----\n" + "\n".join(log.read_text().splitlines()[-80:]))
+from orpheus_operator import crd
 
 
 def conditions(st: dict) -> dict[str, tuple[str, str]]:
@@ -221,6 +92,7 @@ def test_lifecycle_build_deploy_patch_rebuild(cluster: Cluster, run_operator: An
     st = cluster.wait_phase("voice", "Ready")
     assert st["readyReplicas"] == 1 and st["endpoint"] == f"http://voice.{cluster.ns}.svc:8000"
     assert conditions(st) == {
+        "Ready": ("True", "Serving"),
         "EngineBuilt": ("True", "Built"),
         "Available": ("True", "MinimumReplicasAvailable"),
         "Progressing": ("False", "Complete"),
@@ -375,7 +247,7 @@ def test_delete_cleans_up_and_pvc_follows_retention(cluster: Cluster, run_operat
     for name in ("kept", "gone"):
         cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.ns, PLURAL, name)
     for name in ("kept", "gone"):
-        wait_for(lambda n=name: cluster.get(n) is None, what=f"{name} deleted (kopf removes its finalizer)")
+        wait_for(lambda n=name: cluster.get(n) is None, what=f"{name} deleted (no finalizer holds it)")
         # The real garbage collector removes the owned children.
         wait_for(
             lambda n=name: (
@@ -428,28 +300,275 @@ def _read_or_none(read: Any, name: str, namespace: str) -> Any:
         raise
 
 
-async def test_api_client_logs_in_again_after_401(kube: Any, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Service account tokens rotate: on a 401 the client asks kopf's login for fresh credentials, once."""
-    from orpheus_operator import kubeapi
+# ---- issue 11: each defect against the real API server ----------------------------------------------------------
 
-    monkeypatch.setenv("KUBECONFIG", str(kube.admin_kubeconfig))
-    calls: list[int] = []
 
-    def login() -> Any:
-        calls.append(1)
-        conn = kubeapi.login()
-        if len(calls) == 1:  # the first token is stale
-            return kubeapi.kopf.ConnectionInfo(server=conn.server, ca_path=conn.ca_path, token="expired")
-        return conn
+def _built_and_serving(cluster: Cluster, name: str, spec: dict) -> None:
+    cluster.create(name, spec)
+    cluster.wait_phase(name, "Building")
+    finish_job(cluster.api, cluster.ns, cluster.job_names(name)[0], succeeded=True)
+    wait_for(lambda: cluster.deployment(name), what=f"{name}'s Deployment")
+    make_deployment_available(cluster.api, cluster.ns, name)
+    cluster.wait_phase(name, "Ready")
 
-    api = kubeapi.KubeApi(login)
-    try:
-        assert await api.get("v1", "Service", namespace, "nothing-here") is None
-        assert len(calls) == 2
-        with pytest.raises(kubeapi.ApiError) as info:
-            await api.create(
-                {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "Bad_Name", "namespace": namespace}}
-            )
-        assert info.value.status == 422 and "Bad_Name" in info.value.message
-    finally:
-        await api.close()
+
+def _stays(check: Any, seconds: float = 4.0) -> None:
+    """check() holds for `seconds` (several resyncs of 1 s)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert check()
+        time.sleep(0.2)
+
+
+def test_turning_autoscaling_on_and_off_never_changes_the_pod_count(cluster: Cluster, run_operator: Any) -> None:
+    """Defect 1: enabling autoscaling set 8 running replicas to 1 before any HPA existed."""
+    run_operator()
+    _built_and_serving(cluster, "voice", merge(TINY, {"runtime": {"replicas": 8}}))
+    assert cluster.deployment("voice").spec.replicas == 8
+
+    cluster.patch_spec("voice", {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 10}})
+    scaling = client.AutoscalingV2Api(cluster.api)
+    wait_for(lambda: _read_or_none(scaling.read_namespaced_horizontal_pod_autoscaler, "voice", cluster.ns), what="HPA")
+    _stays(lambda: cluster.deployment("voice").spec.replicas == 8)
+
+    # The HPA scales through the scale subresource; then autoscaling is switched off again.
+    cluster.apps.patch_namespaced_deployment_scale("voice", cluster.ns, {"spec": {"replicas": 5}})
+    cluster.patch_spec("voice", {"autoscaling": {"enabled": False}})
+    wait_for(
+        lambda: _read_or_none(scaling.read_namespaced_horizontal_pod_autoscaler, "voice", cluster.ns) is None,
+        what="the HPA removed",
+    )
+    _stays(lambda: cluster.deployment("voice").spec.replicas == 5)  # the HPA's last count, not the spec's 8
+
+    cluster.patch_spec("voice", {"runtime": {"replicas": 3}})  # the user sets a count: it applies
+    wait_for(lambda: cluster.deployment("voice").spec.replicas == 3, what="the user's new count")
+
+
+def test_no_finalizer_and_a_legacy_one_is_removed(cluster: Cluster, run_operator: Any) -> None:
+    """Defect 3: a finalizer nobody needed stranded resources once helm uninstall removed the operator."""
+    legacy = merge(TINY, {})
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "OrpheusTTS",
+        "metadata": {"name": "old", "finalizers": ["tts.orpheus.dev/operator"]},  # as operator 0.1.0 left it
+        "spec": legacy,
+    }
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.ns, PLURAL, body)
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.ns, PLURAL, "old")
+    assert cluster.get("old")["metadata"]["deletionTimestamp"]  # stuck, as after helm uninstall
+    run_operator()
+    cluster.create("voice", TINY)
+    cluster.wait_phase("voice", "Building")
+    assert not cluster.get("voice")["metadata"].get("finalizers")
+    wait_for(lambda: cluster.get("old") is None, what="the stranded resource released")
+
+
+def test_build_that_cannot_create_its_pod_says_why(cluster: Cluster, run_operator: Any) -> None:
+    """Defect 2 (status side): a Job whose pod is refused shows the API's reason, not Building until the deadline.
+    The Job controller's FailedCreate Event is what it leaves; here it is recorded as that controller does."""
+    run_operator()
+    cluster.create("voice", TINY)
+    cluster.wait_phase("voice", "Building")
+    job = cluster.jobs("voice")[0]
+    message = (
+        f'Error creating: pods "{job["metadata"]["name"]}-x" is forbidden: violates PodSecurity '
+        '"restricted:latest": allowPrivilegeEscalation != false'
+    )
+    cluster.core.create_namespaced_event(
+        cluster.ns,
+        {
+            "metadata": {"name": f"{job['metadata']['name']}.fc"},
+            "involvedObject": {
+                "kind": "Job",
+                "apiVersion": "batch/v1",
+                "name": job["metadata"]["name"],
+                "namespace": cluster.ns,
+                "uid": job["metadata"]["uid"],
+            },
+            "reason": "FailedCreate",
+            "message": message,
+            "type": "Warning",
+            "source": {"component": "job-controller"},
+            "firstTimestamp": now(),
+            "lastTimestamp": now(),
+            "count": 1,
+        },
+    )
+    st = cluster.wait_phase("voice", "Pending")
+    assert conditions(st)["Degraded"] == ("True", "FailedCreate")
+    assert "violates PodSecurity" in st["message"]
+
+
+def test_engine_follows_the_gpu(cluster: Cluster, run_operator: Any) -> None:
+    """Defect 4: moving to H100 nodes rebuilds; a pod anti-affinity alone keeps the GPU requirement."""
+    gpu = merge(TINY, {"engine": {"backend": "trtllm", "weightQuantization": "int4_awq", "kvCacheDtype": "int8"}})
+    gpu["runtime"] = {"gpus": 1}
+    gpu["build"] = {"gpus": 1}
+    run_operator()
+    _built_and_serving(cluster, "voice", gpu)
+    a100 = engine_hash(gpu)
+    assert cluster.status("voice")["servingEngineHash"] == a100
+
+    anti = {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {}}}
+            ]
+        }
+    }
+    cluster.patch_spec("voice", {"gpu": {"computeCapability": "9.0"}, "runtime": {"affinity": anti}})
+    h100 = engine_hash(merge(gpu, {"gpu": {"computeCapability": "9.0"}}))
+    assert h100 != a100
+    st = cluster.wait_phase("voice", "Building")
+    assert st["engineHash"] == h100 and st["servingEngineHash"] == a100
+    job = next(j for j in cluster.jobs("voice") if j["metadata"]["labels"][crd.HASH_LABEL] == h100)
+
+    def gpu_terms(affinity: dict) -> list[dict]:
+        terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        return [{e["key"]: e["values"] for e in t["matchExpressions"]} for t in terms]
+
+    assert gpu_terms(job["spec"]["template"]["spec"]["affinity"]) == [
+        {"nvidia.com/gpu.compute.major": ["9"], "nvidia.com/gpu.compute.minor": ["0"]}
+    ]
+    # The servers keep the A100 engine, and the A100 requirement, until the H100 engine is built.
+    dep = cluster.apps.read_namespaced_deployment("voice", cluster.ns)
+    affinity = cluster.api.sanitize_for_serialization(dep.spec.template.spec.affinity)
+    assert gpu_terms(affinity) == [{"nvidia.com/gpu.compute.major": ["8"], "nvidia.com/gpu.compute.minor": ["0"]}]
+    assert affinity["podAntiAffinity"]  # the user's part is kept
+    finish_job(cluster.api, cluster.ns, job["metadata"]["name"], succeeded=True)
+    wait_for(
+        lambda: (
+            gpu_terms(cluster.api.sanitize_for_serialization(cluster.deployment("voice").spec.template.spec.affinity))
+            == [{"nvidia.com/gpu.compute.major": ["9"], "nvidia.com/gpu.compute.minor": ["0"]}]
+        ),
+        what="the servers moved to H100 nodes with the H100 engine",
+    )
+
+
+def test_readwriteonce_storage_serves_engines_to_every_node(cluster: Cluster, run_operator: Any) -> None:
+    """Defect 5: with only ReadWriteOnce storage, one engine store holds the volume (the build Job shares its
+    node) and each server copies its engine into a pod-local cache; a new engine builds while the old serves."""
+    run_operator()
+    spec = merge(TINY, {"runtime": {"replicas": 3}, "storage": {"cacheSizeLimit": "10Gi"}})
+    _built_and_serving(cluster, "voice", spec)
+    h1 = engine_hash(spec)
+    pvc = cluster.core.read_namespaced_persistent_volume_claim("voice-engines", cluster.ns)
+    assert pvc.spec.access_modes == ["ReadWriteOnce"]
+    store = cluster.apps.read_namespaced_deployment("voice-engines", cluster.ns)
+    assert store.spec.replicas == 1 and store.spec.strategy.type == "Recreate"
+    assert store.spec.template.spec.volumes[0].persistent_volume_claim.claim_name == "voice-engines"
+    assert cluster.core.read_namespaced_service("voice-engines", cluster.ns).spec.ports[0].port == 8080
+    pod = cluster.deployment("voice").spec.template.spec
+    assert not any(v.persistent_volume_claim for v in pod.volumes)  # servers never mount the RWO volume
+    (init,) = pod.init_containers
+    assert init.command[1:] == ["fetch-engine", "--url", f"http://voice-engines:8080/{h1}", "--out", f"/engines/{h1}"]
+
+    cluster.patch_spec("voice", {"engine": {"maxBatchSize": 8}})
+    h2 = engine_hash(merge(spec, {"engine": {"maxBatchSize": 8}}))
+    st = cluster.wait_phase("voice", "Building")
+    assert st["servingEngineHash"] == h1 and conditions(st)["Ready"] == ("True", "Serving")
+    job = next(j for j in cluster.jobs("voice") if j["metadata"]["labels"][crd.HASH_LABEL] == h2)
+    (term,) = job["spec"]["template"]["spec"]["affinity"]["podAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "engine-store"
+
+
+def test_ready_condition_works_with_kubectl_wait(kube: Any, cluster: Cluster, run_operator: Any) -> None:
+    """Defect 6: `kubectl wait --for=condition=Ready` tells when the endpoint serves."""
+    import subprocess
+
+    run_operator()
+    cluster.create("voice", TINY)
+    cluster.wait_phase("voice", "Building")
+    wait = [
+        "kubectl",
+        "--kubeconfig",
+        str(kube.admin_kubeconfig),
+        "-n",
+        cluster.ns,
+        "wait",
+        "--for=condition=Ready",
+        "otts/voice",
+    ]
+    early = subprocess.run([*wait, "--timeout=2s"], capture_output=True, text=True)
+    assert early.returncode != 0  # building: not ready
+    finish_job(cluster.api, cluster.ns, cluster.job_names("voice")[0], succeeded=True)
+    wait_for(lambda: cluster.deployment("voice"), what="the Deployment")
+    make_deployment_available(cluster.api, cluster.ns, "voice")
+    done = subprocess.run([*wait, "--timeout=30s"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    get = subprocess.run(
+        ["kubectl", "--kubeconfig", str(kube.admin_kubeconfig), "-n", cluster.ns, "get", "otts", "voice"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert get.stdout.split()[:5] == ["NAME", "PHASE", "READY", "BUILD", "PROGRESS"] and "Done" in get.stdout
+
+
+def test_child_rejected_while_serving_keeps_serving(cluster: Cluster, run_operator: Any) -> None:
+    """Defect 6: a child the API server rejects on update is Degraded, the serving pods stay, not Failed."""
+    run_operator()
+    _built_and_serving(cluster, "voice", TINY)
+    cluster.patch_spec(
+        "voice", {"runtime": {"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": ""}}}]}}
+    )
+    st = wait_for(
+        lambda: cluster.status("voice") if conditions(cluster.status("voice"))["Degraded"][0] == "True" else None,
+        what="Degraded",
+    )
+    assert conditions(st)["Degraded"] == ("True", "ChildRejected") and st["phase"] == "Ready"
+    assert conditions(st)["Ready"] == ("True", "Serving")
+    assert cluster.deployment("voice") is not None
+
+
+def test_pod_template_fields_reach_the_pods(cluster: Cluster, run_operator: Any) -> None:
+    """Defect 8: runtimeClassName, priorityClassName, spread, pod metadata, service account, rollout, PDB."""
+    run_operator()
+    cluster.core.create_namespaced_service_account(cluster.ns, {"metadata": {"name": "tts"}})
+    spec = merge(
+        TINY,
+        {
+            "runtime": {
+                "gpus": 1,
+                "runtimeClassName": "nvidia",
+                "priorityClassName": "system-cluster-critical",
+                "serviceAccountName": "tts",
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}
+                ],
+                "podAnnotations": {"example.test/a": "1"},
+                "podLabels": {"team": "voice"},
+                "rollout": {"maxSurge": 0, "maxUnavailable": 1},
+                "pdb": {"maxUnavailable": "50%"},
+            }
+        },
+    )
+    cluster.create("voice", spec)
+    cluster.wait_phase("voice", "Building")
+    finish_job(cluster.api, cluster.ns, cluster.job_names("voice")[0], succeeded=True)
+    dep = wait_for(lambda: cluster.deployment("voice"), what="the Deployment")
+    pod = dep.spec.template.spec
+    assert (pod.runtime_class_name, pod.priority_class_name, pod.service_account_name) == (
+        "nvidia",
+        "system-cluster-critical",
+        "tts",
+    )
+    assert pod.topology_spread_constraints[0].label_selector.match_labels[crd.INSTANCE_LABEL] == "voice"
+    assert dep.spec.template.metadata.annotations["example.test/a"] == "1"
+    assert dep.spec.template.metadata.labels["team"] == "voice"
+    assert (dep.spec.strategy.rolling_update.max_surge, dep.spec.strategy.rolling_update.max_unavailable) == (0, 1)
+    pdb = client.PolicyV1Api(cluster.api).read_namespaced_pod_disruption_budget("voice", cluster.ns)
+    assert pdb.spec.max_unavailable == "50%"
+    cluster.patch_spec("voice", {"runtime": {"pdb": {"enabled": False}}})
+    wait_for(
+        lambda: (
+            _read_or_none(client.PolicyV1Api(cluster.api).read_namespaced_pod_disruption_budget, "voice", cluster.ns)
+            is None
+        ),
+        what="the PDB removed",
+    )

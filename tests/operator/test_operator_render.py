@@ -61,7 +61,15 @@ def test_job_runs_build_engine_with_the_contract_flags() -> None:
     assert c["image"] == "runtime:1"
     assert pod["restartPolicy"] == "Never"
     assert {"name": "engines", "mountPath": "/engines", "readOnly": False} in c["volumeMounts"]
-    assert pod["affinity"] == body["spec"]["runtime"]["affinity"]  # same GPU architecture as the servers
+    # The GPU the engine is built for (A100 by default), and the engine store's node (ReadWriteOnce).
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert {e["key"]: e["values"] for e in term["matchExpressions"]} == {
+        "nvidia.com/gpu.compute.major": ["8"],
+        "nvidia.com/gpu.compute.minor": ["0"],
+    }
+    (store,) = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert store["topologyKey"] == "kubernetes.io/hostname"
+    assert store["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "engine-store"
     assert job["spec"]["backoffLimit"] == 2 and job["spec"]["activeDeadlineSeconds"] == 7200
 
 
@@ -87,7 +95,11 @@ def test_job_name_fits_a_label_value() -> None:
 
 def test_deployment_serves_the_engine_per_the_runtime_contract() -> None:
     body = make_body(
-        {"runtime": {"apiKeySecretRef": {"name": "keys"}, "drainGraceSeconds": 40, "gpus": 2}, "snac": {"maxBatch": 32}}
+        {
+            "runtime": {"apiKeySecretRef": {"name": "keys"}, "drainGraceSeconds": 40, "gpus": 2, "replicas": 1},
+            "snac": {"maxBatch": 32},
+            "storage": {"accessMode": "ReadWriteMany"},
+        }
     )
     build, h = build_of(body)
     dep = render.render_deployment(body, CFG, build, h)
@@ -189,7 +201,7 @@ def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
 def test_pvc_ownership_follows_retention() -> None:
     kept = render.render_pvc(make_body())
     assert "ownerReferences" not in kept["metadata"]
-    assert kept["spec"] == {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "50Gi"}}}
+    assert kept["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "50Gi"}}}
     gone = render.render_pvc(make_body({"storage": {"retainOnDelete": False, "storageClassName": "fast"}}))
     assert gone["metadata"]["ownerReferences"][0]["kind"] == "OrpheusTTS"
     assert gone["spec"]["storageClassName"] == "fast"
@@ -243,3 +255,203 @@ def test_no_service_links_and_a_rollout_deadline_beyond_the_startup_probe() -> N
     assert render.render_job(body, build, h, 1)["spec"]["template"]["spec"]["enableServiceLinks"] is False
     startup = dep["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
     assert dep["spec"]["progressDeadlineSeconds"] > startup["periodSeconds"] * startup["failureThreshold"]
+
+
+# ---- issue 11: security context, GPU identity, storage, pod template, autoscaling hand-over ------------------
+
+
+def _pods(body: dict) -> dict[str, dict]:
+    build, h = build_of(body)
+    return {
+        "job": render.render_job(body, build, h, 1)["spec"]["template"]["spec"],
+        "deployment": render.render_deployment(body, CFG, build, h)["spec"]["template"]["spec"],
+        "store": render.render_store(body, CFG)["spec"]["template"]["spec"],
+    }
+
+
+def test_operand_pods_meet_the_restricted_standard_by_default() -> None:
+    for what, pod in _pods(make_body()).items():
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001, what
+        assert pod["securityContext"]["fsGroup"] == 10001, what  # the non-root build can write the volume
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, what
+        assert pod["automountServiceAccountToken"] is False, what
+        for c in pod["containers"] + pod.get("initContainers", []):
+            assert c["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            }, what
+            mounts = {m["mountPath"] for m in c["volumeMounts"]}
+            assert {"/tmp", "/home/orpheus/.cache", "/engines"} <= mounts, what
+
+
+def test_gpu_requirement_is_merged_into_the_users_affinity_not_replaced() -> None:
+    anti = {
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {}}]}
+    }
+    zones = {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}]}
+    spec = {
+        "gpu": {"computeCapability": "9.0", "products": ["NVIDIA-H100-80GB-HBM3"]},
+        "runtime": {
+            "affinity": {
+                **anti,
+                "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [zones, {}]}},
+            }
+        },
+    }
+    for what, pod in _pods(make_body(spec)).items():
+        assert pod["affinity"]["podAntiAffinity"] == anti["podAntiAffinity"], what
+        terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert len(terms) == 2, what
+        for term in terms:  # every ORed term keeps the GPU requirement
+            keys = {e["key"]: e["values"] for e in term["matchExpressions"]}
+            assert keys["nvidia.com/gpu.compute.major"] == ["9"] and keys["nvidia.com/gpu.compute.minor"] == ["0"]
+            assert keys["nvidia.com/gpu.product"] == ["NVIDIA-H100-80GB-HBM3"]
+        assert terms[0]["matchExpressions"][0]["key"] == "topology.kubernetes.io/zone"
+
+
+def test_only_anti_affinity_keeps_the_default_gpu() -> None:
+    anti = {
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {}}]}
+    }
+    pod = _pods(make_body({"runtime": {"affinity": anti}}))["deployment"]
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert {"key": "nvidia.com/gpu.compute.major", "operator": "In", "values": ["8"]} in term["matchExpressions"]
+
+
+def test_cpu_pods_get_no_gpu_requirement() -> None:
+    body = make_body(
+        {
+            "engine": {"backend": "torch", "weightQuantization": "none", "kvCacheDtype": "auto"},
+            "runtime": {"gpus": 0},
+            "build": {"gpus": 0},
+        }
+    )
+    pods = _pods(body)
+    assert "nodeAffinity" not in pods["deployment"].get("affinity", {})
+    assert "nodeAffinity" not in pods["store"].get("affinity", {})
+
+
+def test_servers_keep_the_served_engines_gpu_while_a_new_one_builds() -> None:
+    old = make_body()
+    old_build, old_hash = build_of(old)
+    new = make_body({"gpu": {"computeCapability": "9.0"}})
+    pod = render.render_deployment(new, CFG, old_build, old_hash)["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert {"key": "nvidia.com/gpu.compute.major", "operator": "In", "values": ["8"]} in term["matchExpressions"]
+
+
+def test_readwriteonce_servers_copy_their_engine_from_the_store() -> None:
+    body = make_body({"storage": {"cacheSizeLimit": "20Gi"}})
+    build, h = build_of(body)
+    pod = render.render_deployment(body, CFG, build, h)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["engines"] == {"name": "engines", "emptyDir": {"sizeLimit": "20Gi"}}  # no PVC on server nodes
+    (init,) = pod["initContainers"]
+    assert init["command"] == [
+        "orpheus-tts",
+        "fetch-engine",
+        "--url",
+        f"http://voice-engines:8080/{h}",
+        "--out",
+        f"/engines/{h}",
+    ]
+    store = render.render_store(body, CFG)
+    assert store["spec"]["strategy"] == {"type": "Recreate"} and store["spec"]["replicas"] == 1
+    (c,) = store["spec"]["template"]["spec"]["containers"]
+    assert c["command"][:2] == ["orpheus-tts", "serve-engines"]
+    assert {"name": "engines", "mountPath": "/engines", "readOnly": True} in c["volumeMounts"]
+    assert "nvidia.com/gpu" not in c["resources"].get("limits", {})  # sits on a GPU node without taking a GPU
+    assert render.render_store_service(body)["spec"]["ports"][0]["port"] == 8080
+
+
+def test_readwritemany_mounts_the_volume_everywhere_and_has_no_store() -> None:
+    body = make_body({"storage": {"accessMode": "ReadWriteMany"}})
+    assert render.render_store(body, CFG) is None and render.render_store_service(body) is None
+    job = _job_pod(body)
+    assert "podAffinity" not in job.get("affinity", {})
+
+
+def _job_pod(body: dict) -> dict:
+    build, h = build_of(body)
+    return render.render_job(body, build, h, 1)["spec"]["template"]["spec"]
+
+
+def test_pod_template_fields() -> None:
+    spread = {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}
+    body = make_body(
+        {
+            "runtime": {
+                "runtimeClassName": "nvidia",
+                "priorityClassName": "inference",
+                "serviceAccountName": "tts",
+                "topologySpreadConstraints": [spread],
+                "podAnnotations": {"a": "1"},
+                "podLabels": {"team": "voice", "app.kubernetes.io/component": "mine"},
+                "rollout": {"maxSurge": 0, "maxUnavailable": 1},
+                "pdb": {"maxUnavailable": "25%"},
+                "podSecurityContext": {"runAsUser": 2000},
+            }
+        }
+    )
+    build, h = build_of(body)
+    dep = render.render_deployment(body, CFG, build, h)
+    pod = dep["spec"]["template"]["spec"]
+    meta = dep["spec"]["template"]["metadata"]
+    assert (pod["runtimeClassName"], pod["priorityClassName"], pod["serviceAccountName"]) == (
+        "nvidia",
+        "inference",
+        "tts",
+    )
+    (tsc,) = pod["topologySpreadConstraints"]
+    assert tsc["labelSelector"]["matchLabels"] == render.selector_labels(body) and tsc["maxSkew"] == 1
+    assert meta["annotations"]["a"] == "1" and meta["annotations"]["prometheus.io/scrape"] == "true"
+    assert meta["labels"]["team"] == "voice" and meta["labels"]["app.kubernetes.io/component"] == "server"
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert pod["securityContext"]["runAsUser"] == 2000 and pod["securityContext"]["fsGroup"] == 10001
+    assert render.render_pdb(body)["spec"]["maxUnavailable"] == "25%"
+    job = _job_pod(body)
+    assert (job["runtimeClassName"], job["priorityClassName"]) == ("nvidia", "inference")
+    assert render.render_pdb(make_body({"runtime": {"pdb": {"enabled": False}}})) is None
+
+
+def test_replicas_unset_are_left_alone() -> None:
+    body = make_body()
+    build, h = build_of(body)
+    assert "replicas" not in render.render_deployment(body, CFG, build, h)["spec"]
+
+
+def test_autoscaling_on_and_off_keeps_the_count_until_the_user_sets_one() -> None:
+    def dep(recorded: str | None) -> dict:
+        annotations = {} if recorded is None else {crd.REPLICAS_AT_AUTOSCALING_ANNOTATION: recorded}
+        return {"metadata": {"annotations": annotations}}
+
+    fixed = {"runtime": {"replicas": 8}}
+    scaled = {"runtime": {"replicas": 8}, "autoscaling": {"enabled": True}}
+    assert render.desired_replicas(make_body(fixed)["spec"], dep(None)) == (8, None)
+    # On: the HPA owns the count; runtime.replicas is recorded once.
+    assert render.desired_replicas(make_body(scaled)["spec"], dep(None)) == (None, "8")
+    assert render.desired_replicas(make_body(scaled)["spec"], dep("8")) == (None, "8")
+    # Off again: the HPA's count stays while runtime.replicas is what it was...
+    assert render.desired_replicas(make_body(fixed)["spec"], dep("8")) == (None, "8")
+    # ...and a new runtime.replicas applies.
+    assert render.desired_replicas(make_body({"runtime": {"replicas": 3}})["spec"], dep("8")) == (3, None)
+    assert render.desired_replicas(make_body({"runtime": {"replicas": 3}})["spec"], dep("")) == (3, None)
+    assert render.desired_replicas(make_body()["spec"], dep("")) == (None, None)
+
+
+def test_handover_keeps_the_running_count() -> None:
+    dep = {
+        "metadata": {
+            "name": "voice",
+            "namespace": "tts",
+            "managedFields": [
+                {"manager": "orpheus-operator", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+            ],
+        },
+        "spec": {"replicas": 8},
+    }
+    assert render.manages_replicas(dep)
+    assert render.replicas_handover(dep)["spec"] == {"replicas": 8}
+    dep["metadata"]["managedFields"][0]["fieldsV1"] = {"f:spec": {"f:template": {}}}
+    assert not render.manages_replicas(dep)

@@ -6,6 +6,9 @@ import datetime
 
 from orpheus_operator import buildstate, status
 from orpheus_operator.buildstate import BuildState
+from orpheus_operator.config import OperatorConfig
+
+CFG = OperatorConfig()
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 BUILDING = BuildState("h1", buildstate.RUNNING, 1, "v-build-h1-1", "Building", "job v-build-h1-1 is building")
@@ -53,6 +56,7 @@ def test_building_first_engine() -> None:
     st = compute(BUILDING)
     assert st["phase"] == "Building" and st["observedGeneration"] == 5 and st["endpoint"] is None
     assert conds(st) == {
+        "Ready": ("False", "NoEngine"),
         "EngineBuilt": ("False", "Building"),
         "Available": ("False", "NoEngine"),
         "Progressing": ("True", "BuildingEngine"),
@@ -69,6 +73,7 @@ def test_deploying_then_ready() -> None:
     ready = compute(BUILT, deployment(), serving="h1")
     assert ready["phase"] == "Ready" and ready["readyReplicas"] == 2 and ready["endpoint"] == "http://e"
     assert conds(ready) == {
+        "Ready": ("True", "Serving"),
         "EngineBuilt": ("True", "Built"),
         "Available": ("True", "MinimumReplicasAvailable"),
         "Progressing": ("False", "Complete"),
@@ -96,9 +101,43 @@ def test_stuck_build_pod_is_pending_and_degraded() -> None:
     assert st["phase"] == "Pending" and conds(st)["Degraded"] == ("True", "CreateContainerConfigError")
 
 
-def test_rejected_child_fails() -> None:
+def test_child_rejected_while_serving_is_degraded_not_failed() -> None:
     st = compute(BUILT, deployment(), serving="h1", errors=[("ChildRejected", "Deployment voice: bad env")])
-    assert st["phase"] == "Failed" and conds(st)["Degraded"] == ("True", "ChildRejected")
+    assert st["phase"] == "Ready" and conds(st)["Degraded"] == ("True", "ChildRejected")
+    assert conds(st)["Ready"] == ("True", "Serving") and "bad env" in st["message"]
+
+
+def test_child_rejected_before_anything_serves_fails() -> None:
+    st = compute(BUILT, None, serving="h1", errors=[("ChildRejected", "Deployment voice: bad env")])
+    assert st["phase"] == "Failed" and conds(st)["Ready"] == ("False", "NoEngine")
+
+
+def test_ready_needs_a_ready_pod() -> None:
+    st = compute(BUILT, deployment(available=0, updated=2), serving="h1")
+    assert conds(st)["Ready"] == ("False", "NotServing")
+
+
+def test_build_progress_is_reported() -> None:
+    progress = buildstate.Progress("quantize", 35, "calibrating 128 samples")
+    job = {"metadata": {"name": "v-build-h1-1", "labels": {"tts.orpheus.dev/build-attempt": "1"}}, "status": {}}
+    state = buildstate.evaluate(
+        "h1", job, [{"metadata": {"name": "p"}, "status": {"phase": "Running"}}], CFG, [], progress
+    )
+    st = compute(state)
+    assert (st["buildStep"], st["buildProgress"]) == ("quantize", "35%")
+    assert "quantize 35% calibrating 128 samples" in st["message"]
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    done = compute(buildstate.evaluate("h1", job, [], CFG), deployment(), serving="h1")
+    assert (done["buildStep"], done["buildProgress"]) == ("Done", "100%")
+
+
+def test_progress_line_is_what_build_engine_prints(capsys) -> None:
+    """The contract with runtime/orpheus_tts/build_engine.py: its Reporter's progress lines parse here."""
+    from orpheus_tts.build_engine import Reporter
+
+    Reporter(None, None).phase("download", 0.35, "model.safetensors 1.2 of 3.4 GB")
+    progress = buildstate.parse_progress(capsys.readouterr().err)
+    assert progress == buildstate.Progress("download", 35, "model.safetensors 1.2 of 3.4 GB")
 
 
 def test_stalled_rollout_is_degraded() -> None:
