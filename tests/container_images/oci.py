@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -36,9 +37,14 @@ def buildah(*args: str) -> str:
     ).stdout.strip()
 
 
+def inspect(ref: str) -> dict:
+    """buildah's description of an image (FromImageID, OCIv1: the OCI image config, ...)."""
+    return json.loads(buildah("inspect", "--type", "image", ref))
+
+
 def image_config(ref: str) -> dict:
     """The OCI image config's `config` (Env, Entrypoint, Cmd, User, WorkingDir, ...)."""
-    return json.loads(buildah("inspect", "--type", "image", "--format", "{{json .OCIv1.Config}}", ref))
+    return inspect(ref)["OCIv1"]["config"]
 
 
 @contextmanager
@@ -82,7 +88,9 @@ def bundle_config(ref: str, rootfs: Path, args: list[str] | None, mounts: dict[s
         noNewPrivileges=True,
     )
     process["capabilities"] = {k: [] for k in ("bounding", "effective", "permitted", "ambient")}
-    process["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536}]
+    # What containerd passes on: its own open-file limits (root here may not raise them: no CAP_SYS_RESOURCE).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    process["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": hard, "soft": soft}]
     spec["root"] = {"path": str(rootfs), "readonly": True}
     spec["mounts"].append(
         {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}
