@@ -15,13 +15,13 @@ ENV HOME=/home/orpheus \
     PIP_ROOT_USER_ACTION=ignore
 
 COPY images/pip.sh requirements/operator.txt /opt/orpheus-build/
-RUN --mount=type=secret,id=pip-ca --mount=type=cache,id=orpheus-pip,target=/root/.cache/pip \
+RUN --mount=type=secret,id=pip-ca --mount=type=cache,id=orpheus-pip,target=/var/cache/orpheus-pip \
     sh /opt/orpheus-build/pip.sh install -r /opt/orpheus-build/operator.txt
 
 # Only the operator's package: with no runtime/ in the source tree, the wheel holds orpheus_operator alone.
 COPY pyproject.toml README.md /opt/orpheus-build/src/
 COPY operator /opt/orpheus-build/src/operator
-RUN --mount=type=secret,id=pip-ca --mount=type=cache,id=orpheus-pip,target=/root/.cache/pip \
+RUN --mount=type=secret,id=pip-ca --mount=type=cache,id=orpheus-pip,target=/var/cache/orpheus-pip \
     sh /opt/orpheus-build/pip.sh install --no-deps /opt/orpheus-build/src \
     && rm -rf /opt/orpheus-build
 

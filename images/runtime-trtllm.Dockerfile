@@ -26,7 +26,7 @@ ENV HOME=/home/orpheus \
 # The pinned runtime requirements the base lacks (all of them on a plain Python base; on NVIDIA's base its own
 # torch, numpy, ... stay). pip's download cache is a build cache mount: a changed pin does not download torch again.
 COPY images/pip.sh images/missing_requirements.py requirements/runtime.txt /opt/orpheus-build/
-RUN --mount=type=secret,id=pip-ca --mount=type=cache,id=orpheus-pip,target=/root/.cache/pip \
+RUN --mount=type=secret,id=pip-ca --mount=type=cache,id=orpheus-pip,target=/var/cache/orpheus-pip \
     python3 /opt/orpheus-build/missing_requirements.py /opt/orpheus-build/runtime.txt >/opt/orpheus-build/missing.txt \
     && sh /opt/orpheus-build/pip.sh install -r /opt/orpheus-build/missing.txt
 
@@ -36,7 +36,7 @@ RUN useradd --create-home --uid 10001 --user-group orpheus \
 COPY --chown=10001:10001 pyproject.toml README.md /app/
 COPY --chown=10001:10001 runtime /app/runtime
 COPY --chown=10001:10001 operator /app/operator
-RUN --mount=type=secret,id=pip-ca --mount=type=cache,id=orpheus-pip,target=/root/.cache/pip \
+RUN --mount=type=secret,id=pip-ca --mount=type=cache,id=orpheus-pip,target=/var/cache/orpheus-pip \
     sh /opt/orpheus-build/pip.sh install --no-deps -e /app \
     && rm -rf /opt/orpheus-build
 USER 10001:10001
