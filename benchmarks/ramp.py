@@ -5,9 +5,11 @@ plus random SNAC, starts `orpheus-tts serve` on it as a separate process, and fo
 streams whose arrivals are spread over `--arrival-s` seconds (users joining, not one synchronized burst).
 Each stream asks for exactly `--tokens` audio tokens (min_tokens = max_tokens: random weights never stop
 on their own). Per N: first-audio p50/p95/p99, each stream's real-time factor, underruns, tokens/s,
-SNAC batch sizes from the server's /metrics. The verdict: the largest N such that every run at N and at
-every smaller level had every stream faster than real time (RTF < 1) and first-audio p95 <= 250 ms (levels
-may repeat, e.g. `--levels 128,144,160,144,160`: a level counts only if all its runs pass).
+SNAC batch sizes from the server's /metrics. The verdict (the rule of issue #17): the largest N such that
+every run at N and at every smaller level had every stream faster than real time (RTF < 1), first-audio
+p95 <= 250 ms, and no stream with an underrun when its player starts 100 ms after the first byte (levels may
+repeat, e.g. `--levels 128,144,160,144,160`: a level counts only if all its runs pass). The strict count
+(playback from the first byte) is reported too; `passes_strict_rule` keeps the H100-era rule of issue #6.
 
     python benchmarks/ramp.py --levels 1,64,128,192,256,320,384 --json $OUT/ramp.json
 """
@@ -74,22 +76,28 @@ async def level(url: str, n: int, tokens: int, arrival_s: float) -> dict:
         "rtf_p50": quantile(rtf, 0.5), "rtf_max": max(rtf, default=None),
         "streams_slower_than_realtime": sum(1 for r in rtf if r >= 1.0),
         "streams_with_underruns": sum(1 for s in ok if s.underruns), "stall_s_total": sum(s.stall_s for s in ok),
+        "streams_with_underruns_100ms": sum(1 for s in ok if s.underruns_buffered),
         "stream_tokens_per_s_p50": quantile(rates, 0.5), "stream_tokens_per_s_min": min(rates, default=None),
         "audio_s": sum(s.audio_s for s in ok),
     }  # fmt: skip
 
 
-def passes(row: dict) -> bool:
-    """The rule of issue #6, for one run of one level."""
+def passes_issue6_rule(row: dict) -> bool:
+    """The H100-era rule of issue #6, for one run of one level: all ok, RTF < 1, first-audio p95 <= 250 ms."""
     return (row["ok"] == row["n"] and row["streams_slower_than_realtime"] == 0
             and (row["first_audio_p95_s"] or 1e9) <= 0.25)  # fmt: skip
 
 
-def rule_verdict(rows: list[dict]) -> int:
-    """The largest N below which (inclusive) every run of every level passed."""
+def passes(row: dict) -> bool:
+    """The rule of issue #17: issue #6's rule, and no stream hears a gap behind a 100 ms jitter buffer."""
+    return passes_issue6_rule(row) and row.get("streams_with_underruns_100ms", 1) == 0
+
+
+def rule_verdict(rows: list[dict], rule=passes) -> int:
+    """The largest N below which (inclusive) every run of every level passed `rule`."""
     verdict = 0
     for n in sorted({r["n"] for r in rows}):
-        if not all(passes(r) for r in rows if r["n"] == n):
+        if not all(rule(r) for r in rows if r["n"] == n):
             break
         verdict = n
     return verdict
@@ -172,21 +180,25 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
     verdict = rule_verdict(results)
+    verdict_issue6 = rule_verdict(results, passes_issue6_rule)
     print(f"\n{'N':>4} {'ok':>4} {'fa p50':>7} {'fa p95':>7} {'fa p99':>7} {'rtf p50':>7} {'rtf max':>7} "
-          f"{'slow':>4} {'underrun':>8} {'tok/s':>7} {'tok/s/str':>9} {'snac b':>6}")  # fmt: skip
+          f"{'slow':>4} {'underrun':>8} {'u@100ms':>7} {'tok/s':>7} {'tok/s/str':>9} {'snac b':>6}")  # fmt: skip
     fmt = lambda v, f="{:.3f}": "-" if v is None else f.format(v)  # noqa: E731
     for r in results:
         print(f"{r['n']:>4} {r['ok']:>4} {fmt(r['first_audio_p50_s']):>7} {fmt(r['first_audio_p95_s']):>7} "
               f"{fmt(r['first_audio_p99_s']):>7} {fmt(r['rtf_p50']):>7} {fmt(r['rtf_max']):>7} "
-              f"{r['streams_slower_than_realtime']:>4} {r['streams_with_underruns']:>8} {r['tokens_per_s']:>7.0f} "
+              f"{r['streams_slower_than_realtime']:>4} {r['streams_with_underruns']:>8} "
+              f"{r['streams_with_underruns_100ms']:>7} {r['tokens_per_s']:>7.0f} "
               f"{fmt(r['stream_tokens_per_s_p50'], '{:.1f}'):>9} {fmt(r['snac_mean_batch'], '{:.1f}'):>6}")  # fmt: skip
     print(
         f"\nlargest N with every run up to it passing (all streams faster than real time, first-audio p95 "
-        f"<= 250 ms): {verdict}"
+        f"<= 250 ms, no underrun behind a 100 ms jitter buffer): {verdict} (without the underrun condition: "
+        f"{verdict_issue6})"
     )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"levels": results, "verdict_n": verdict, "tokens": args.tokens, "arrival_s": args.arrival_s,
+            json.dump({"levels": results, "verdict_n": verdict, "verdict_n_issue6_rule": verdict_issue6,
+                       "tokens": args.tokens, "arrival_s": args.arrival_s,
                        "capacity": args.capacity, "server_env": args.server_env}, f, indent=2)  # fmt: skip
 
 

@@ -49,7 +49,11 @@ def _cache_has_repo(repo_id: str, cache_dir: str | None) -> bool:
 def classify(exc: BaseException, repo_id: str, revision: str | None, *, offline: bool, has_token: bool,
              repo_cached: bool) -> tuple[str, str]:  # fmt: skip
     """Pure: a huggingface_hub / OS exception -> (kind, message). Order matters: GatedRepoError is a
-    RepositoryNotFoundError, which is an HfHubHTTPError, which is an OSError."""
+    RepositoryNotFoundError, which is an HfHubHTTPError, which is an OSError.
+
+    Works with huggingface_hub 1.x (httpx) and 0.3x (requests), which NVIDIA's TensorRT-LLM image ships
+    (transformers pins it below 1.0): 0.3x has no IncompleteSnapshotError, and its transport errors are
+    `requests` exceptions. tests/runtime/test_hub_compat.py runs this against both."""
     from huggingface_hub import errors as e
 
     rev = revision or "main"
@@ -67,7 +71,8 @@ def classify(exc: BaseException, repo_id: str, revision: str | None, *, offline:
         return "not_found", f"{repo_id!r} is neither a local directory nor a valid hub repo id"
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "disk_full", f"no space left on device while downloading {repo_id}: free disk or use a larger volume"
-    if isinstance(exc, e.IncompleteSnapshotError):
+    incomplete = getattr(e, "IncompleteSnapshotError", None)  # huggingface_hub >= 1.0 only
+    if incomplete is not None and isinstance(exc, incomplete):
         return "network", f"the cached copy of {repo_id}@{rev} is incomplete and the hub cannot be reached"
     if isinstance(exc, e.LocalEntryNotFoundError):
         if offline:
@@ -75,7 +80,7 @@ def classify(exc: BaseException, repo_id: str, revision: str | None, *, offline:
                 return "revision", f"revision {rev!r} of {repo_id} is not in the local cache (offline mode)"
             return "not_found", f"{repo_id} is not in the local cache (offline mode: HF_HUB_OFFLINE)"
         return "network", f"cannot reach the hub to download {repo_id}, and it is not cached: {_cause(exc)}"
-    if _is_network_error(exc):
+    if is_network_error(exc):
         return "network", f"network error while downloading {repo_id}: {type(exc).__name__}"
     return "other", f"downloading {repo_id} failed: {type(exc).__name__}: {exc}"
 
@@ -85,10 +90,23 @@ def _cause(exc: BaseException) -> str:
     return f"{type(cause).__name__}" if cause is not None else "no connection"
 
 
-def _is_network_error(exc: BaseException) -> bool:
-    import httpx
+def is_network_error(exc: BaseException) -> bool:
+    """A transport failure (no connection, timeout, reset) of whichever HTTP client huggingface_hub uses:
+    httpx in 1.x, requests in 0.3x; either may be absent."""
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        import httpx
 
-    return isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError))
+        kinds.append(httpx.TransportError)
+    except ImportError:
+        pass
+    try:
+        import requests
+
+        kinds += [requests.ConnectionError, requests.Timeout]
+    except ImportError:
+        pass
+    return isinstance(exc, tuple(kinds))
 
 
 def resolve_model(repo_or_dir: str, revision: str | None, token: str | None, *,

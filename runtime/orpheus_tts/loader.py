@@ -65,6 +65,11 @@ def load_from_engine_dir(cfg: RuntimeConfig) -> LoadedModel:
     from orpheus_tts.manifest import ManifestError, load_for_serving
 
     root = pathlib.Path(cfg.engine_dir)
+    if (root / "engine").is_dir():  # a TensorRT engine: do its libraries load here? (orpheus-tts doctor)
+        from orpheus_tts.doctor import library_problem
+
+        if (problem := library_problem()) is not None:
+            raise LoadError(problem.message)
     try:
         # The manifest, not cfg.backend, decides: the directory is what was built.
         manifest = load_for_serving(root)

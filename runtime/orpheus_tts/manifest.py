@@ -57,7 +57,8 @@ class Manifest:
     gpu_name: str | None = None
     gpu_arch: str | None = None  # "sm_90"
     snac_model: str | None = None
-    calib_dir: str | None = None
+    calib_dir: str | None = None  # calibration set: a directory, or "hub:<dataset>"; None when not calibrated
+    gemm_plugin: str | None = None  # trtllm: "auto" | "disable"
     built_at: str = ""  # ISO 8601 UTC; informative only, never compared
     format_version: int = FORMAT_VERSION
 
@@ -103,6 +104,7 @@ def build_identity(m: Manifest) -> dict[str, Any]:
         "max_output_len": m.max_output_len,
         "snac_model": m.snac_model,
         "calib_dir": m.calib_dir,
+        "gemm_plugin": m.gemm_plugin,
         "gpu_arch": None if m.gpu_agnostic else m.gpu_arch,
         "bound_tools": {t: m.tools.get(t) for t in BOUND_TOOLS.get(m.backend, ())},
     }

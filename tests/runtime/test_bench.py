@@ -24,6 +24,13 @@ def test_playback_counts_gaps_the_listener_hears():
     assert underruns == 2 and stall == pytest.approx(0.4)
 
 
+def test_a_jitter_buffer_hides_gaps_shorter_than_itself():
+    late = [(0.0, SECOND // 10), (0.15, SECOND // 10), (0.25, SECOND)]  # 50 ms late at 0.15, then on time
+    assert playback(late) == (1, pytest.approx(0.05))
+    assert playback(late, 0.1) == (0, 0.0)
+    assert playback([(0.0, SECOND // 10), (0.35, SECOND)], 0.1)[0] == 1  # 150 ms late: the buffer is not enough
+
+
 async def test_run_bench_against_a_server(fast_model_dir):
     async with running_server(server_cfg(fast_model_dir, max_batch_size=4)) as server:
         message = {"text": "Hello.", "voice": "tara", "max_tokens": 21, "min_tokens": 21}

@@ -560,10 +560,16 @@ def test_trtllm_on_pre_ampere_gpu_is_exit_7(trtllm, model_dir, pvc, monkeypatch)
     assert not trtllm.LLM.instances  # refused before any work
 
 
+def _calib_dir(root: pathlib.Path, rows: int = 3) -> pathlib.Path:
+    """A user's calibration set in our layout: train.jsonl, one {"text": ...} per line."""
+    root.mkdir(parents=True)
+    (root / "train.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(rows)))
+    return root
+
+
 def test_trtllm_build_through_the_double(trtllm, model_dir, pvc, monkeypatch, tmp_path):
     monkeypatch.setattr(mf, "probe_gpu", lambda: ("NVIDIA H100 80GB HBM3", "sm_90"))
-    calib = tmp_path / "calib"
-    calib.mkdir()
+    calib = _calib_dir(tmp_path / "calib")
     out = pvc / "trt"
     argv = _trt_args(model_dir, out, "--max-batch-size", "16", "--max-output-len", "1024", "--calib-dir", str(calib))
     assert be.main(argv, environ={}) == 0
@@ -571,9 +577,13 @@ def test_trtllm_build_through_the_double(trtllm, model_dir, pvc, monkeypatch, tm
     q = llm.kwargs["quant_config"]
     assert q.quant_algo == trtllm.QuantAlgo.W4A16_AWQ and q.kv_cache_quant_algo == trtllm.QuantAlgo.INT8
     assert q.group_size == 128  # the library default, which is the AWQ block size we want
-    assert llm.kwargs["calib_config"].calib_dataset == str(calib)
+    c = llm.kwargs["calib_config"]
+    assert llm.calibration_rows == ["row 0", "row 1", "row 2"]  # read the way the library reads it
+    assert (c.calib_batches, c.calib_max_seq_length) == (3, 48 + 1024)  # every row, whole sequences
+    assert not pathlib.Path(c.calib_dataset).exists()  # the staged copy went with the temporary dir
     b = llm.kwargs["build_config"]
     assert (b.max_batch_size, b.max_input_len, b.max_seq_len) == (16, 48, 48 + 1024)
+    assert b.plugin_config.gemm_plugin == "auto"  # the bf16 output layer through cuBLASLt, as the seed built
     assert llm.kwargs["model"] == str(model_dir) and llm.shut_down
     # the library's workspace was on the engines volume, inside the temporary build dir, and is gone
     assert pathlib.Path(llm.kwargs["workspace"]).parent.name.startswith(".trt.partial-")
@@ -582,6 +592,7 @@ def test_trtllm_build_through_the_double(trtllm, model_dir, pvc, monkeypatch, tm
         out, env=mf.Environment("NVIDIA H100 80GB HBM3", "sm_90", {"tensorrt_llm": "1.2.1", "tensorrt": "10.14.1.48"})
     )
     assert (m.backend, m.gpu_agnostic, m.gpu_arch) == ("trtllm", False, "sm_90")
+    assert (m.calib_dir, m.gemm_plugin) == (str(calib), "auto")
     assert m.tools["tensorrt_llm"] == "1.2.1" and m.tools["tensorrt"] == "10.14.1.48"
     assert (out / "engine" / "rank0.engine").exists() and (out / "model" / "tokenizer.json").exists()
     assert not list((out / "model").glob("*.safetensors"))  # weights live in the engine
@@ -594,17 +605,89 @@ def test_trtllm_build_through_the_double(trtllm, model_dir, pvc, monkeypatch, tm
     assert be.main(argv, environ={}) == 0 and len(trtllm.LLM.instances) == 1
 
 
-def test_trtllm_default_calibration_and_failure(trtllm, model_dir, pvc, monkeypatch):
+def test_trtllm_failure_cleans_up(trtllm, model_dir, pvc, monkeypatch, tmp_path):
     monkeypatch.setattr(mf, "probe_gpu", lambda: ("NVIDIA A100-SXM4-80GB", "sm_80"))
     trtllm.LLM.fail_on_init = RuntimeError("CUDA out of memory during calibration")
     out = pvc / "oom"
-    assert be.main(_trt_args(model_dir, out), environ={}) == be.EXIT_FAILED
+    argv = _trt_args(model_dir, out, "--calib-dir", str(_calib_dir(tmp_path / "c")))
+    assert be.main(argv, environ={}) == be.EXIT_FAILED
     assert "CUDA out of memory" in _status(out)["message"]
     assert not out.exists() and not list(pvc.glob(".oom.*"))
     trtllm.LLM.fail_on_init = None
-    assert (
-        be.main(_trt_args(model_dir, out, "--weight-quantization", "none", "--kv-cache-dtype", "auto"), environ={}) == 0
-    )
+    argv = _trt_args(model_dir, out, "--weight-quantization", "none", "--kv-cache-dtype", "auto", "--gemm-plugin",
+                     "disable")  # fmt: skip
+    assert be.main(argv, environ={}) == 0
     [llm] = trtllm.LLM.instances
-    assert llm.kwargs["calib_config"].calib_dataset == "cnn_dailymail"
     assert llm.kwargs["quant_config"].quant_algo is None and llm.kwargs["quant_config"].kv_cache_quant_algo is None
+    assert llm.calibration_rows is None and llm.kwargs["build_config"].plugin_config.gemm_plugin is None
+    m = mf.read(out)
+    assert m.calib_dir is None and m.gemm_plugin == "disable"
+
+
+@pytest.mark.parametrize("weights", ["int8", "none"])
+def test_trtllm_int8_kv_without_awq_reads_a_local_calibration_dir(trtllm, model_dir, pvc, monkeypatch, tmp_path,
+                                                                   weights):  # fmt: skip
+    """The library's native INT8-KV path loads a local dataset without a split (`KeyError: None`) unless
+    its path names a dataset it knows: the build stages the rows in a layout both paths read."""
+    monkeypatch.setattr(mf, "probe_gpu", lambda: ("NVIDIA H100 80GB HBM3", "sm_90"))
+    calib = _calib_dir(tmp_path / "my-calib", rows=5)
+    out = pvc / f"kv-{weights}"
+    argv = _trt_args(model_dir, out, "--weight-quantization", weights, "--calib-dir", str(calib))
+    assert be.main(argv, environ={}) == 0, _status(out)["message"]
+    [llm] = trtllm.LLM.instances
+    assert llm.kwargs["quant_config"].kv_cache_quant_algo == trtllm.QuantAlgo.INT8
+    assert llm.calibration_rows == [f"row {i}" for i in range(5)]
+
+
+def test_trtllm_calibrates_on_a_generated_set_by_default(trtllm, pvc, monkeypatch):
+    """No --calib-dir: the build generates Orpheus prompts + audio codes with the torch engine, keeps them
+    on the engines volume, and a later build reuses them; nothing is downloaded (tiny model: the codes
+    are noise)."""
+    monkeypatch.setattr(mf, "probe_gpu", lambda: ("NVIDIA H100 80GB HBM3", "sm_90"))
+    small = ["--max-output-len", "21", "--calib-rows", "3"]
+    out = pvc / "auto"
+    assert be.main(_trt_args("tiny-random", out, *small), environ={"HF_HUB_OFFLINE": "1"}) == 0, _status(out)
+    [llm] = trtllm.LLM.instances
+    [calib] = (pvc / ".calibration").iterdir()
+    assert mf.read(out).calib_dir == str(calib)
+    rows = [json.loads(line)["text"] for line in (calib / "train.jsonl").read_text().splitlines()]
+    assert llm.calibration_rows == rows and len(rows) == 3
+    assert all(r.startswith("<custom_token_3><|begin_of_text|>") and r.count("<custom_token_") > 21 for r in rows)
+    made = (calib / "train.jsonl").stat().st_mtime_ns
+    # another engine of the same model and settings: the set is reused, not generated again
+    assert be.main(_trt_args("tiny-random", pvc / "auto2", *small, "--max-batch-size", "4"), environ={}) == 0
+    assert (calib / "train.jsonl").stat().st_mtime_ns == made and len(trtllm.LLM.instances) == 2
+
+
+def test_trtllm_hub_calibration_dataset_only_on_request(trtllm, model_dir, pvc, monkeypatch):
+    monkeypatch.setattr(mf, "probe_gpu", lambda: ("NVIDIA H100 80GB HBM3", "sm_90"))
+    out = pvc / "hubcal"
+    argv = _trt_args(model_dir, out, "--calib-dataset", "cnn_dailymail")
+    assert be.main(argv, environ={"HF_HUB_OFFLINE": "1"}) == be.EXIT_USAGE  # refused before any work
+    assert "HF_HUB_OFFLINE" in _status(out)["message"] and not trtllm.LLM.instances
+    # online, the library downloads it; the double has no hub, as a cluster without egress: exit 9
+    assert be.main(argv, environ={}) == be.EXIT_NETWORK
+    assert "cannot download the calibration dataset cnn_dailymail" in _status(out)["message"]
+    assert trtllm.LLM.instances == []  # the double raised in its constructor
+
+
+@pytest.mark.parametrize(
+    "arch, quant, code",
+    [
+        ("sm_100", ["--weight-quantization", "int4_awq"], be.EXIT_GPU_UNSUPPORTED),
+        ("sm_103", ["--weight-quantization", "int8", "--kv-cache-dtype", "auto"], be.EXIT_GPU_UNSUPPORTED),
+        ("sm_110", ["--weight-quantization", "none", "--kv-cache-dtype", "int8"], be.EXIT_GPU_UNSUPPORTED),
+        ("sm_100", ["--weight-quantization", "none", "--kv-cache-dtype", "auto"], be.EXIT_OK),
+        ("sm_120", ["--weight-quantization", "int4_awq"], be.EXIT_OK),
+    ],
+)
+def test_trtllm_blackwell_datacentre_refuses_integer_quantization_up_front(trtllm, model_dir, pvc, monkeypatch,
+                                                                           tmp_path, arch, quant, code):  # fmt: skip
+    monkeypatch.setattr(mf, "probe_gpu", lambda: ("NVIDIA B200", arch))
+    out = pvc / "bw"
+    argv = _trt_args(model_dir, out, *quant, "--calib-dir", str(_calib_dir(tmp_path / "c")))
+    assert be.main(argv, environ={}) == code
+    if code == be.EXIT_GPU_UNSUPPORTED:
+        message = _status(out)["message"]
+        assert f"NVIDIA B200 ({arch})" in message and "--weight-quantization none --kv-cache-dtype auto" in message
+        assert not trtllm.LLM.instances  # before any download or calibration

@@ -93,6 +93,14 @@ async def test_batched_equals_single(make_engine):
     assert again == alone[0]
 
 
+async def test_unseeded_requests_differ(make_engine):
+    """seed=None draws a random seed per request (issue 14, item 6: TensorRT-LLM's default would be seed 0 for
+    all): the same prompt twice, unseeded, gives two different streams."""
+    engine = await make_engine(capacity=2)
+    a, b = await asyncio.gather(*(_collect(engine.submit(_req(f"u{i}", max_tokens=21, min_tokens=21))) for i in (0, 1)))
+    assert a != b
+
+
 async def test_cancel_frees_slot(make_engine):
     engine = await make_engine(capacity=1, max_output_len=2000)
     long = engine.submit(_req("long", max_tokens=2000, min_tokens=2000))

@@ -8,6 +8,8 @@ is verified on a GPU only).
 import asyncio
 import dataclasses
 import sys
+import threading
+import time
 
 import pytest
 from trtllm_double.install import drop_modules, installed
@@ -15,9 +17,11 @@ from trtllm_double.install import drop_modules, installed
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine import EngineError, GenerationRequest, SamplingParams
 from orpheus_tts.model_spec import ModelSpec
-from orpheus_tts.trtllm_engine import TrtllmEngine
+from orpheus_tts.trtllm_engine import TrtllmEngine, kv_cache_tokens, take
 
 EOS = 128258
+END_OF_AI = 128262
+END_OF_TEXT = 128009
 A = 128266  # first audio id
 
 
@@ -67,7 +71,37 @@ async def test_start_loads_the_engine_with_int8_kv_safe_settings(api, engine_dir
     assert llm.kwargs["tokenizer"] == str(engine_dir / "model")
     kv = llm.kwargs["kv_cache_config"]
     assert kv.free_gpu_memory_fraction == 0.7 and kv.enable_block_reuse is False and kv.dtype == "auto"
+    # the pool is capped at what 4 slots of 48 + 1024 tokens can use: 9 blocks of 128 (+1 spare) each
+    assert kv.max_tokens == kv_cache_tokens(4, 48, 1024) == 4 * 10 * 128
     assert llm.kwargs["enable_chunked_prefill"] is False
+
+
+def test_kv_pool_is_sized_by_the_limits_not_the_gpu():
+    # 20 slots x 1072 tokens: 25,600 tokens, ~1.2 GB of INT8 KV for Orpheus 3B (28 layers x 8 heads x 128 x 2),
+    # where free_gpu_memory_fraction=0.92 alone would give the pool ~70 GB of an 80 GB GPU.
+    tokens = kv_cache_tokens(20, 48, 1024)
+    assert tokens == 25_600
+    assert tokens * 28 * 8 * 128 * 2 < 1.5e9
+
+
+async def test_engine_loads_off_the_event_loop(api, engine_dir):
+    """The engine load blocks for tens of seconds on a GPU; the loop must keep serving /healthz."""
+    api.LLM.init_seconds = 0.6
+    gaps = []
+
+    async def tick():
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await _started(engine_dir)
+    ticker.cancel()
+    assert api.LLM.instances[0].thread != threading.get_ident()
+    assert len(gaps) >= 10 and max(gaps) < 0.3, max(gaps)
 
 
 async def test_start_without_tokenizer_files_skips_tokenizer(api, engine_dir):
@@ -125,8 +159,44 @@ async def test_every_sampling_field_is_mapped(api, engine_dir):
     assert result.prompt_token_ids == [5, 6, 7]
     assert (p.temperature, p.top_p, p.repetition_penalty) == (0.4, 0.9, 1.15)
     assert (p.max_tokens, p.min_tokens, p.seed) == (300, 10, 42)
-    assert p.end_id == EOS and p.stop_token_ids == [EOS]
-    assert p.detokenize is False
+    assert p.end_id == EOS and p.detokenize is False
+    assert p.stop_token_ids is None  # with min_tokens, the other stop ids are cut by the engine (below)
+    await _collect(engine, _req("r2"))
+    assert api.LLM.instances[0].results[1].sampling_params.stop_token_ids == [EOS, END_OF_AI, END_OF_TEXT]
+
+
+async def test_unseeded_requests_get_a_random_seed(api, engine_dir):
+    """seed=None would reach the C++ runtime as seed 0 for every request: identical audio for identical
+    input, and a retry repeating the same glitch."""
+    engine = await _started(engine_dir)
+    for i in range(4):
+        await _collect(engine, _req(f"r{i}"))
+    await _collect(engine, _req("seeded", seed=7))
+    seeds = [r.sampling_params.seed for r in api.LLM.instances[0].results]
+    assert None not in seeds and len(set(seeds[:4])) == 4 and seeds[4] == 7
+
+
+@pytest.mark.parametrize("stop", [EOS, END_OF_AI, END_OF_TEXT])
+async def test_end_of_ai_and_end_of_text_stop_too(api, engine_dir, stop):
+    engine = await _started(engine_dir)
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A, A + 1], [A + 2, stop, A + 3], [A + 4]])
+    assert await _collect(engine, _req()) == [[A, A + 1], [A + 2]]
+    assert engine.load().active == 0
+
+
+async def test_stop_ids_before_min_tokens_are_dropped_not_yielded(api, engine_dir):
+    engine = await _started(engine_dir)
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A, END_OF_TEXT, A + 1], [A + 2, END_OF_AI, A + 3]])
+    assert await _collect(engine, _req(min_tokens=3, max_tokens=10)) == [[A, A + 1], [A + 2]]
+
+
+def test_take():
+    stops = frozenset({EOS, END_OF_TEXT})
+    assert take([A, A + 1], stops, 0, 0, 10) == ([A, A + 1], False)
+    assert take([A, EOS, A + 1], stops, 0, 0, 10) == ([A], True)
+    assert take([A, EOS, A + 1], stops, 0, 5, 10) == ([A, A + 1], False)  # before min_tokens: dropped
+    assert take([A, EOS], stops, 4, 5, 10) == ([A], True)  # the 5th token is out: stop honoured
+    assert take([A] * 5, stops, 8, 0, 10) == ([A, A], False)  # never beyond max_tokens
 
 
 async def test_max_tokens_is_always_set_not_the_library_default(api, engine_dir):
@@ -153,9 +223,9 @@ async def test_stop_id_ends_the_stream_and_is_not_yielded(api, engine_dir):
 
 async def test_stop_id_the_library_passes_after_end_is_cut_too(api, engine_dir):
     # A stop id that is not end_id (stop_token_ids) must end the stream as well.
-    engine = TrtllmEngine(engine_dir, _cfg(), Spec(stop_ids=(EOS, 128262)))
+    engine = TrtllmEngine(engine_dir, _cfg(), Spec(stop_ids=(EOS, 128264)))
     await engine.start()
-    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A, 128262, A + 1], [A + 2]])
+    api.LLM.behaviour = staticmethod(lambda prompt, params: [[A, 128264, A + 1], [A + 2]])
     assert await _collect(engine, _req()) == [[A]]
     assert api.LLM.instances[0].results[0].abort_calls == 1  # the library had more to say: aborted
 
@@ -187,8 +257,10 @@ async def test_cancel_by_id_aborts_and_ends_the_stream(api, engine_dir):
         got.append(chunk)
         if len(got) == 2:
             engine.cancel("victim")
-    assert len(got) == 2  # the aborted stream ended instead of running to 100
-    assert api.LLM.instances[0].results[0].abort_calls == 1
+    assert len(got) == 2  # the aborted stream ended instead of running to 100...
+    result = api.LLM.instances[0].results[0]
+    assert result.abort_calls == 1
+    assert result.delivered_after_abort >= 1  # ...and the steps the executor still delivered were dropped
     assert engine.load().active == 0
     engine.cancel("unknown")  # no-op
 

@@ -32,6 +32,8 @@ def installed(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
 
     api.LLM.instances.clear()
     api.LLM.fail_on_init = None
+    api.LLM.init_seconds = 0.0
+    api.LLM.steps_after_abort = 2
     try:
         yield api
     finally:
