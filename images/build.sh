@@ -150,16 +150,15 @@ build_image() {  # NAME DOCKERFILE REPOSITORY BASE -> prints NAME_image= and NAM
     bah tag "$ref" "$IMAGE"
   fi
   if [ -n "${ORPHEUS_CONTAINERD_ADDRESS:-}" ]; then
-    t=$SECONDS
-    local loaded=$archive
-    if [ $skaffold = 1 ]; then  # containerd names the image after the archive's reference: skaffold's tag
-      loaded=$cache/tmp/skaffold-${repo##*/}.tar
-      rm -f "$loaded"
-      bah push --quiet "$IMAGE" "docker-archive:$loaded:$IMAGE" >&2
+    local ctr=("${ORPHEUS_CTR:-ctr}" --address "$ORPHEUS_CONTAINERD_ADDRESS" -n k8s.io)
+    if ! "${ctr[@]}" images ls -q "name==$ref" | grep -qxF "$ref"; then
+      t=$SECONDS
+      "${ctr[@]}" images import "$archive" >&2
+      log "imported $ref into containerd ($ORPHEUS_CONTAINERD_ADDRESS) in $(since "$t")"
     fi
-    "${ORPHEUS_CTR:-ctr}" --address "$ORPHEUS_CONTAINERD_ADDRESS" -n k8s.io images import "$loaded" >&2
-    [ "$loaded" = "$archive" ] || rm -f "$loaded"
-    log "imported $ref into containerd ($ORPHEUS_CONTAINERD_ADDRESS) in $(since "$t")"
+    if [ $skaffold = 1 ]; then  # the name skaffold deploys: a second name for the same image, no second import
+      "${ctr[@]}" images tag --force "$ref" "$IMAGE" >&2
+    fi
   fi
   echo "${name}_image=$ref"
   echo "${name}_archive=$archive"
