@@ -16,7 +16,7 @@ ENV HOME=/home/orpheus \
 
 COPY images/pip.sh requirements/operator.txt /opt/orpheus-build/
 RUN --mount=type=secret,id=pip-ca --mount=type=cache,id=orpheus-pip,target=/var/cache/orpheus-pip \
-    sh /opt/orpheus-build/pip.sh install -r /opt/orpheus-build/operator.txt
+    sh /opt/orpheus-build/pip.sh install-requirements /opt/orpheus-build/operator.txt
 
 # Only the operator's package: with no runtime/ in the source tree, the wheel holds orpheus_operator alone.
 COPY pyproject.toml README.md /opt/orpheus-build/src/

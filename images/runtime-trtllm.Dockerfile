@@ -28,11 +28,11 @@ ENV HOME=/home/orpheus \
     PIP_ROOT_USER_ACTION=ignore
 
 # The pinned runtime requirements the base lacks (all of them on a plain Python base; on NVIDIA's base its own
-# torch, numpy, ... stay). pip's download cache is a build cache mount: a changed pin does not download torch again.
+# torch, numpy, ... stay). Wheels come through a build cache mount: a changed pin does not download torch again.
 COPY images/pip.sh images/missing_requirements.py requirements/runtime.txt /opt/orpheus-build/
 RUN --mount=type=secret,id=pip-ca --mount=type=cache,id=orpheus-pip,target=/var/cache/orpheus-pip \
     python3 /opt/orpheus-build/missing_requirements.py /opt/orpheus-build/runtime.txt >/opt/orpheus-build/missing.txt \
-    && sh /opt/orpheus-build/pip.sh install -r /opt/orpheus-build/missing.txt
+    && sh /opt/orpheus-build/pip.sh install-requirements /opt/orpheus-build/missing.txt
 
 RUN useradd --create-home --uid 10001 --user-group orpheus \
     && install -d -o 10001 -g 10001 /engines /home/orpheus/.cache
