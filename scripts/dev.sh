@@ -16,4 +16,4 @@ command -v kubectl >/dev/null || { echo "kubectl is not on PATH" >&2; exit 1; }
 skaffold=$(bash tests/k8s/build-skaffold.sh | tail -1)
 helm_dir=$(bash tests/k8s/build.sh | tail -1)  # skaffold's helm deployer runs `helm`
 export PATH=$helm_dir:$PATH SKAFFOLD_UPDATE_CHECK=false
-exec "$skaffold" dev -p cpu --config scripts/skaffold-global-config.yaml --port-forward=user "$@"
+exec "$skaffold" dev -p cpu --config scripts/skaffold-global-config.yaml --port-forward=user --cache-artifacts=false "$@"

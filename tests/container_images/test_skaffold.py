@@ -77,7 +77,7 @@ def test_skaffold_renders_the_cpu_profile_with_its_tags(skaffold):
 
 
 def test_skaffold_builds_the_cpu_profile_with_buildah(skaffold, tmp_path: Path, built):
-    result = skaffold("build", "-p", "cpu", "--file-output", str(tmp_path / "builds.json"))
+    result = skaffold("build", "-p", "cpu", "--cache-artifacts=false", "--file-output", str(tmp_path / "builds.json"))
     builds = {b["imageName"]: b["tag"] for b in json.loads((tmp_path / "builds.json").read_text())["builds"]}
     assert set(builds) == {"localhost/orpheus-tts-operator", "localhost/orpheus-tts-torch"}, result.stderr
     for tag in builds.values():
