@@ -109,6 +109,13 @@ def skaffold_dev(cluster: Cluster, checkout_copy: Path, tmp_path: Path) -> Itera
         "PATH": f"{state['node_bin']}:{state['control_bin']}:{os.environ['PATH']}",  # kubectl, helm
         "SKAFFOLD_UPDATE_CHECK": "false",
     }
+    # skaffold's local builder asks a Docker API about the images it built: podman serves one on buildah's storage.
+    socket = tmp_path / "docker.sock"
+    api = subprocess.Popen(["bash", str(REPO / "images/build.sh"), "--docker-api", str(socket)])
+    deadline = time.monotonic() + 30
+    while not socket.exists() and time.monotonic() < deadline and api.poll() is None:
+        time.sleep(0.2)
+    env["DOCKER_HOST"] = f"unix://{socket}"
     log = tmp_path / "skaffold.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -130,6 +137,8 @@ def skaffold_dev(cluster: Cluster, checkout_copy: Path, tmp_path: Path) -> Itera
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
+        api.terminate()
+        api.wait(timeout=30)
         print(f"skaffold's log ends:\n{tail(log)}")
 
 
