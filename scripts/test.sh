@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's one test command (`make test`, and `.ci/run`).
+# The project's one test command (`make test`, and `.ci/run`): lint, then every test, the end-to-end suite on a
+# real single-node cluster (tests/e2e, root only) included. `make test ARGS="-m 'not e2e'"` leaves it out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
@@ -8,5 +9,7 @@ echo "==> ruff"
 ruff check .
 echo "==> building the test control plane (cached after the first run)"
 bash tests/k8s/build.sh
+echo "==> building the e2e node: kubelet, containerd, CoreDNS, Traefik, ... (cached after the first run)"
+bash tests/k8s/build-node.sh
 echo "==> pytest"
 python -m pytest -q -ra "$@"

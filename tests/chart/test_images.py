@@ -1,5 +1,6 @@
-"""Static checks of images/*.Dockerfile (no container engine here): what they copy exists and survives
-.dockerignore, their entry points are console scripts, bases are pinned, and they run as non-root."""
+"""Static checks of images/*.Dockerfile: what they copy exists and survives .dockerignore, their entry points are
+console scripts, bases are pinned, they run as non-root, and the TensorRT-LLM image repeats the PyTorch image's steps.
+tests/container_images builds and runs the operator and PyTorch images for real."""
 
 from __future__ import annotations
 
@@ -82,9 +83,16 @@ def test_dockerignore_keeps_the_context_small():
     assert not dockerignored("runtime/orpheus_tts/server.py", patterns)
 
 
+def base_images(dockerfile: Path) -> list[str]:
+    """The FROM images, with `${ARG}` replaced by the ARG's default (what a build without --build-arg uses)."""
+    steps = instructions(dockerfile)
+    defaults = dict(args.split("=", 1) for word, args in steps if word == "ARG" and "=" in args)
+    return [re.sub(r"\$\{(\w+)\}", lambda m: defaults[m[1]], args.split()[0]) for word, args in steps if word == "FROM"]
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_base_image_is_pinned(dockerfile):
-    bases = [args.split()[0] for word, args in instructions(dockerfile) if word == "FROM"]
+    bases = base_images(dockerfile)
     assert bases
     for base in bases:
         name, _, tag = base.rpartition(":")
@@ -124,13 +132,39 @@ def test_trtllm_image():
     assert "TLLM_WORKER_USE_SINGLE_PROCESS=1" in env
     runs = " ".join(args for word, args in steps if word == "RUN")
     # The image's own torch stays: requirements go through the filter, never straight to pip.
-    assert "missing_requirements.py /tmp/runtime.txt" in runs
-    assert "pip install -r /tmp/runtime.txt" not in runs
+    assert "missing_requirements.py /opt/orpheus-build/runtime.txt" in runs
+    assert "install -r /opt/orpheus-build/runtime.txt" not in runs
+
+
+def test_trtllm_image_repeats_the_torch_image_steps():
+    """The layers we test are the layers we ship: below its FROM and its one ENV, the TensorRT-LLM image is built by
+    the very steps of the PyTorch image (same instructions, same scripts), which tests/container_images builds and
+    runs on CPU. Only the base differs: the published PyTorch image's base is a build argument."""
+    torch = instructions(ROOT / "images" / "runtime-torch.Dockerfile")
+    trtllm = instructions(ROOT / "images" / "runtime-trtllm.Dockerfile")
+    assert torch[:2] == [("ARG", "BASE=python:3.12.12-slim-bookworm"), ("FROM", "${BASE}")]
+    assert trtllm[0] == ("FROM", "nvcr.io/nvidia/tensorrt-llm/release:1.2.1")
+    word, args = trtllm[1]  # the one ENV of its own: TensorRT-LLM's settings
+    assert word == "ENV" and {a.split("=")[0] for a in args.split()} == {
+        "TLLM_WORKER_USE_SINGLE_PROCESS",
+        "LD_LIBRARY_PATH",
+    }
+    assert trtllm[2:] == torch[2:]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_pip_runs_through_the_build_script_with_the_ca_as_a_secret(dockerfile):
+    """images/pip.sh reads the CA bundle from a secret mount, which never lands in a layer (see images/build.sh)."""
+    for word, args in instructions(dockerfile):
+        if word == "RUN" and "pip" in args:
+            assert "--mount=type=secret,id=pip-ca" in args
+            assert "python3 -m pip" not in args and "sh /opt/orpheus-build/pip.sh install" in args
 
 
 def test_operator_image_installs_no_runtime_dependencies():
     copies = copy_sources(ROOT / "images" / "operator.Dockerfile")
     assert "requirements/operator.txt" in copies
+    assert "runtime" not in copies  # the runtime's package stays out too
     assert not [c for c in copies if c.startswith("requirements/") and c != "requirements/operator.txt"]
     pinned = [ln.split("==")[0].lower() for ln in (ROOT / "requirements" / "operator.txt").read_text().splitlines()]
     assert "torch" not in pinned

@@ -1,5 +1,6 @@
-"""skaffold.yaml (skaffold itself is not run here): it names only existing Dockerfiles, contexts, charts and values
-files, its templates only reference images it builds, and each profile deploys what it claims."""
+"""skaffold.yaml, read as data (tests/container_images/test_skaffold.py runs the real skaffold): it names only
+existing Dockerfiles, contexts, charts and values files, its templates only reference images it builds, and each
+profile deploys what it claims."""
 
 from __future__ import annotations
 
@@ -62,6 +63,15 @@ def test_schema_version_and_kind():
     assert PROFILES == [None, "cpu"]
 
 
+def dockerfile_of(artifact: dict) -> str:
+    """The Dockerfile an artifact builds: docker's own field, or for the custom builder (images/build.sh) the one
+    Dockerfile among its dependencies."""
+    if "docker" in artifact:
+        return artifact["docker"]["dockerfile"]
+    (dockerfile,) = [p for p in artifact["custom"]["dependencies"]["paths"] if p.endswith(".Dockerfile")]
+    return dockerfile
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 def test_artifacts_name_existing_dockerfiles_and_contexts(profile):
     config = apply_profile(SKAFFOLD, profile)
@@ -70,14 +80,25 @@ def test_artifacts_name_existing_dockerfiles_and_contexts(profile):
     for artifact in artifacts:
         context = ROOT / artifact.get("context", ".")
         assert context.is_dir()
-        assert (context / artifact["docker"]["dockerfile"]).is_file()
+        assert (context / dockerfile_of(artifact)).is_file()
+        if "custom" in artifact:
+            script, *args = artifact["custom"]["buildCommand"].split()
+            assert (context / script).is_file() and args[0] == "--skaffold"
+            # The builder builds the image the artifact names, from the Dockerfile skaffold watches.
+            assert artifact["image"] == f"localhost/orpheus-tts-{args[1]}"
+            assert (
+                f"build_image {args[1]} {dockerfile_of(artifact)} {artifact['image']} "
+                in (context / script).read_text()
+            )
+            for dep in artifact["custom"]["dependencies"]["paths"]:
+                assert (context / dep).exists(), dep
         for rule in artifact.get("sync", {}).get("manual", []):
             # Synced files land in the editable install the Dockerfile creates at dest.
             assert list(ROOT.glob(rule["src"])), rule["src"]
-            dockerfile = (context / artifact["docker"]["dockerfile"]).read_text()
+            dockerfile = (context / dockerfile_of(artifact)).read_text()
             top = rule["src"].split("/")[0]
             assert f"{top} {rule['dest']}/{top}" in dockerfile
-            assert f"pip install --no-deps -e {rule['dest']}" in dockerfile
+            assert f"pip.sh install --no-deps -e {rule['dest']}" in dockerfile
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -121,7 +142,11 @@ def test_default_profile_is_the_gpu_endpoint():
 
 def test_cpu_profile_builds_no_trtllm_image_and_requests_no_gpu():
     config = apply_profile(SKAFFOLD, "cpu")
-    assert {a["image"] for a in config["build"]["artifacts"]} == {"orpheus-tts-operator", "orpheus-tts-torch"}
+    assert {a["image"] for a in config["build"]["artifacts"]} == {
+        "localhost/orpheus-tts-operator",
+        "localhost/orpheus-tts-torch",
+    }
+    assert config["build"]["local"]["push"] is False  # no registry: the builder loads images into containerd
     values = merged_values(config)
     assert values["runtime"]["default"] == "torch"
     (instance,) = values["instances"]
@@ -130,6 +155,9 @@ def test_cpu_profile_builds_no_trtllm_image_and_requests_no_gpu():
     assert spec["engine"]["backend"] == "torch"
     assert spec["runtime"]["gpus"] == 0 and spec["build"]["gpus"] == 0
     assert spec["runtime"]["affinity"] == {} and spec["runtime"]["tolerations"] == []  # schedulable anywhere
+    # File sync writes into /app of the server pods: their root filesystem is writable in this profile, and only that.
+    assert spec["runtime"]["securityContext"] == {"readOnlyRootFilesystem": False}
+    assert "securityContext" not in spec["build"]
     assert "nvidia.com/gpu" not in yaml.safe_dump(spec)
 
 
@@ -158,7 +186,9 @@ def test_profile_renders_with_built_tags(helm, profile):
         args += ["--set-string", f"{key}={value}"]
     objects = [o for o in yaml.safe_load_all(helm(*args).stdout) if o]
     dep = find(objects, "Deployment")
-    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/orpheus_tts_operator:built"
-    runtime = "orpheus_tts" if profile is None else "orpheus_tts_torch"
+    prefix = "" if profile is None else "localhost_"
+    operator = f"registry.local/{prefix}orpheus_tts_operator:built"
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == operator
+    runtime = "orpheus_tts" if profile is None else "localhost_orpheus_tts_torch"
     assert container_env(dep)["ORPHEUS_OPERATOR_RUNTIME_IMAGE"] == f"registry.local/{runtime}:built"
     assert find(objects, "OrpheusTTS")["metadata"]["name"] == config["portForward"][0]["resourceName"]

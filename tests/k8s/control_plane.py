@@ -63,75 +63,50 @@ def openssl(*args: str, cwd: Path) -> None:
         raise ControlPlaneError(f"openssl {' '.join(args)} failed: {proc.stderr.strip()}")
 
 
-def make_pki(d: Path) -> None:
-    """CA, apiserver serving cert, admin and controller-manager client certs, service-account signing key."""
+OPENSSL_REQ = ["req", "-config", "openssl.cnf", "-x509", "-days", "2", "-nodes", "-newkey", "ec"]
+OPENSSL_REQ += ["-pkeyopt", "ec_paramgen_curve:prime256v1"]
+
+
+def make_ca(d: Path) -> None:
+    """A test CA (ca.crt, ca.key) in d, and the empty openssl config issue_cert uses."""
     # An empty config, so that only the extensions named here end up in the certificates (the system openssl.cnf
     # would make every certificate a CA).
     (d / "openssl.cnf").write_text("[req]\ndistinguished_name = dn\n[dn]\n")
-    req = [
-        "req",
-        "-config",
-        "openssl.cnf",
-        "-x509",
-        "-days",
-        "2",
-        "-nodes",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-    ]
-    openssl(
-        *req,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-subj",
-        "/CN=orpheus-test-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-addext",
+    ca_ext = ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign", "subjectKeyIdentifier=hash"]
+    openssl(*OPENSSL_REQ, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=orpheus-test-ca", *addext(ca_ext), cwd=d)
+
+
+def addext(extensions: list[str]) -> list[str]:
+    return [a for e in extensions for a in ("-addext", e)]
+
+
+def issue_cert(d: Path, name: str, subject: str, usage: str, san: str | None = None) -> None:
+    """NAME.crt and NAME.key in d, signed by d's CA. usage: serverAuth and/or clientAuth; san: subjectAltName=..."""
+    ext = [
+        "basicConstraints=critical,CA:FALSE",
+        "keyUsage=critical,digitalSignature",
+        f"extendedKeyUsage={usage}",
         "subjectKeyIdentifier=hash",
-        cwd=d,
-    )
-    certs = {
-        "apiserver": (
-            "/CN=kube-apiserver",
-            "serverAuth",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
-        ),
-        "admin": ("/O=system:masters/CN=orpheus-test-admin", "clientAuth", None),
-        "controller-manager": ("/CN=system:kube-controller-manager", "clientAuth", None),
-    }
-    for name, (subject, usage, san) in certs.items():
-        ext = [
-            "basicConstraints=critical,CA:FALSE",
-            "keyUsage=critical,digitalSignature",
-            f"extendedKeyUsage={usage}",
-            "subjectKeyIdentifier=hash",
-            "authorityKeyIdentifier=keyid",
-        ]
-        ext += [san] if san else []
-        openssl(
-            *req,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.crt",
-            "-subj",
-            subject,
-            *[a for e in ext for a in ("-addext", e)],
-            cwd=d,
-        )
+        "authorityKeyIdentifier=keyid",
+    ]
+    ext += [san] if san else []
+    args = ["-CA", "ca.crt", "-CAkey", "ca.key", "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", subject]
+    openssl(*OPENSSL_REQ, *args, *addext(ext), cwd=d)
+
+
+def make_service_account_key(d: Path) -> None:
     openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=d)
     openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
+
+
+def make_pki(d: Path) -> None:
+    """CA, apiserver serving cert, admin and controller-manager client certs, service-account signing key."""
+    make_ca(d)
+    san = "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"
+    issue_cert(d, "apiserver", "/CN=kube-apiserver", "serverAuth", san)
+    issue_cert(d, "admin", "/O=system:masters/CN=orpheus-test-admin", "clientAuth")
+    issue_cert(d, "controller-manager", "/CN=system:kube-controller-manager", "clientAuth")
+    make_service_account_key(d)
 
 
 def kubeconfig(server: str, ca_file: Path, user: dict, context: str = "test") -> dict:

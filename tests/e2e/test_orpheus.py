@@ -1,0 +1,488 @@
+"""The user's path on the real node, in order: install the chart (the operator as a pod, images built in this run),
+apply an OrpheusTTS (tiny random-weight model, torch backend, no GPU) and watch it become Ready on its own, then
+speak to it through the gateway from outside the cluster. The tiny model's audio is noise: the tests check the
+audio's format and length, never its content.
+
+Nothing here writes a Job, Pod, Deployment or OrpheusTTS status: the kubelet, the controllers and the operator do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import threading
+import time
+import urllib.request
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from k8s.control_plane import run_helm
+
+from e2e.cluster import NODE_IP, REPO, Cluster
+
+NAMESPACE = "orpheus-tts"
+RELEASE = "orpheus-tts-operator"
+NAME = "orpheus"
+HOST = "tts.e2e.test"  # the Ingress host: clients connect to the gateway at NODE_IP with this Host header
+CHART = REPO / "charts/orpheus-tts-operator"
+# The whole chain on 2 shared cores: the build Job's pod (tiny model, CPU), then the runtime pod's start and warmup.
+READY_TIMEOUT_S = float(os.environ.get("ORPHEUS_E2E_READY_TIMEOUT", "600"))
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="session")
+def images(cluster: Cluster) -> dict[str, str]:
+    """Builds the operator and torch runtime images (images/build.sh, cached by their inputs) and imports them."""
+    script = REPO / "images/build.sh"
+    if not script.exists():
+        pytest.skip("images/build.sh is not in this checkout yet (the images work lands separately)")
+    start = time.monotonic()
+    proc = subprocess.run(["bash", str(script), "operator", "torch"], stdout=subprocess.PIPE, text=True, timeout=3600)
+    assert proc.returncode == 0, f"images/build.sh failed ({proc.returncode}); its stderr is above"
+    out = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    print(f"images built (or found cached) in {time.monotonic() - start:.0f}s: {out}")
+    for kind in ("operator", "torch"):
+        cluster.import_image(Path(out[f"{kind}_archive"]), out[f"{kind}_image"])
+    return {"operator": out["operator_image"], "torch": out["torch_image"]}
+
+
+def helm(cluster: Cluster, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    state = cluster.load_state()
+    return run_helm(
+        Path(state["control_bin"]) / "helm",
+        args,
+        home=cluster.workdir / "helm",
+        kubeconfig=cluster.admin_kubeconfig,
+        timeout=timeout,
+    )
+
+
+def repo_and_tag(image: str) -> tuple[str, str]:
+    repo, tag = image.rsplit(":", 1)
+    return repo, tag
+
+
+def orpheus_tts(replicas: int = 1) -> dict:
+    """The OrpheusTTS users would write for a CPU-only endpoint, exposed through an Ingress."""
+    small = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "4Gi"}}
+    return {
+        "apiVersion": "tts.orpheus.dev/v1alpha1",
+        "kind": "OrpheusTTS",
+        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"repo": "tiny-random"},
+            "engine": {"backend": "torch", "weightQuantization": "none", "kvCacheDtype": "auto", "maxBatchSize": 4},
+            "runtime": {
+                "replicas": replicas,
+                "gpus": 0,
+                "resources": small,
+                "shmSize": "256Mi",
+                "affinity": {},
+                "tolerations": [],
+                "drainGraceSeconds": 10,
+            },
+            "build": {"gpus": 0, "resources": small},
+            "storage": {"size": "1Gi", "accessMode": "ReadWriteOnce"},
+            "ingress": {"enabled": True, "host": HOST, "className": "traefik"},
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def installed(cluster: Cluster, images: dict[str, str]) -> Iterator[None]:
+    """The chart installed into a namespace that enforces the `restricted` Pod Security Standard."""
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    cluster.kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
+    operator_repo, operator_tag = repo_and_tag(images["operator"])
+    torch_repo, torch_tag = repo_and_tag(images["torch"])
+    helm(
+        cluster,
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        f"image.repository={operator_repo}",
+        "--set",
+        f"image.tag={operator_tag}",
+        "--set",
+        "runtime.default=torch",
+        "--set",
+        f"runtime.images.torch.repository={torch_repo}",
+        "--set",
+        f"runtime.images.torch.tag={torch_tag}",
+        "--set",
+        "logLevel=DEBUG",
+        "--wait",
+        "--timeout=180s",
+    )
+    yield
+
+
+def test_chart_installs_the_operator_as_a_pod_under_restricted(cluster: Cluster, installed: None) -> None:
+    pods = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "pods", "-o", "json").stdout)["items"]
+    operator = [p for p in pods if p["metadata"]["name"].startswith(RELEASE)]
+    assert operator, [p["metadata"]["name"] for p in pods]
+    pod = operator[0]
+    assert pod["status"]["phase"] == "Running"
+    assert pod["spec"]["serviceAccountName"].startswith(RELEASE)
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    labels = json.loads(cluster.kubectl("get", "ns", NAMESPACE, "-o", "json").stdout)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+class PhaseRecorder:
+    """Records every phase the OrpheusTTS status shows, polling in the background (the test only reads)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster, self.phases, self.stop = cluster, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            proc = self.cluster.kubectl(
+                "-n", NAMESPACE, "get", "otts", NAME, "-o", "jsonpath={.status.phase}", check=False
+            )
+            phase = proc.stdout.strip()
+            if phase and (not self.phases or self.phases[-1] != phase):
+                self.phases.append(phase)
+            time.sleep(0.5)
+
+    def wait_for(self, phase: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.phases and self.phases[-1] == phase:
+                return
+            assert "Failed" not in self.phases, f"the OrpheusTTS failed; phases: {self.phases}"
+            time.sleep(1)
+        raise AssertionError(f"not {phase} after {timeout:.0f}s; phases so far: {self.phases}")
+
+
+@pytest.fixture(scope="session")
+def ready(cluster: Cluster, installed: None) -> list[str]:
+    """Applies the OrpheusTTS and waits until the operator reports Ready; returns the phases it went through."""
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(orpheus_tts()))
+    recorder = PhaseRecorder(cluster)
+    try:
+        recorder.wait_for("Ready", READY_TIMEOUT_S)
+    finally:
+        recorder.stop.set()
+        recorder.thread.join()
+    return recorder.phases
+
+
+def test_orpheustts_goes_building_deploying_ready_on_its_own(cluster: Cluster, ready: list[str]) -> None:
+    order = [p for p in ready if p in ("Building", "Deploying", "Ready")]
+    assert order[-1] == "Ready"
+    assert order.index("Building") < order.index("Deploying") < order.index("Ready"), ready
+    # The build Job really ran `orpheus-tts build-engine` in a pod that completed, on a bound PersistentVolume.
+    jobs = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "jobs", "-o", "json").stdout)["items"]
+    assert any(j["status"].get("succeeded") == 1 for j in jobs), [j["status"] for j in jobs]
+    command = json.dumps(jobs[0]["spec"]["template"]["spec"]["containers"][0])
+    assert "build-engine" in command
+    pvcs = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "pvc", "-o", "json").stdout)["items"]
+    assert pvcs and all(p["status"]["phase"] == "Bound" for p in pvcs)
+
+
+def gateway_get(path: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://{NODE_IP}{path}", headers={"Host": HOST})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        return resp.status, resp.read()
+
+
+def wav_info(data: bytes) -> tuple[int, int, int, int]:
+    with wave.open(io.BytesIO(data)) as w:
+        return w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+
+
+def test_websocket_through_the_gateway_gets_a_valid_wav(ready: list[str]) -> None:
+    from websockets.asyncio.client import connect
+
+    from orpheus_tts.wav import SAMPLE_RATE, wav_header
+
+    async def speak() -> bytes:
+        # The TCP connection goes to the gateway; the URI's host is the Host header the Ingress routes on.
+        async with connect(f"ws://{HOST}/ws/tts", host=NODE_IP, port=80, max_size=None, open_timeout=30) as ws:
+            await ws.send(json.dumps({"text": "Hello from the end-to-end test.", "voice": "tara", "max_tokens": 120}))
+            chunks = []
+            async for message in ws:
+                if isinstance(message, bytes):
+                    if message == b"__END__":
+                        break
+                    chunks.append(message)
+                else:
+                    assert json.loads(message).get("type") != "error", message
+            return b"".join(chunks)
+
+    pcm = asyncio.run(asyncio.wait_for(speak(), 180))
+    assert pcm and len(pcm) % 2 == 0
+    channels, width, rate, frames = wav_info(wav_header(len(pcm), SAMPLE_RATE) + pcm)
+    assert (channels, width, rate) == (1, 2, SAMPLE_RATE) and frames == len(pcm) // 2
+
+
+def test_openai_speech_through_the_gateway(ready: list[str]) -> None:
+    import openai
+
+    from orpheus_tts.wav import SAMPLE_RATE
+
+    client = openai.OpenAI(
+        base_url=f"http://{NODE_IP}/v1", api_key="unused", default_headers={"Host": HOST}, timeout=180
+    )
+    response = client.audio.speech.create(
+        model="orpheus", voice="tara", input="Hello through the gateway.", response_format="wav"
+    )
+    channels, width, rate, frames = wav_info(response.content)
+    assert (channels, width, rate) == (1, 2, SAMPLE_RATE) and frames > 0
+
+
+def test_metrics_are_scraped_through_the_gateway(ready: list[str]) -> None:
+    status, body = gateway_get("/metrics")
+    assert status == 200
+    text = body.decode()
+    assert "# TYPE" in text and "orpheus" in text
+
+
+# ---- rollouts, failures, uninstall: with a client streaming all the while -----------------------------------------
+
+
+class Streamer:
+    """Clients streaming utterances through the gateway in a loop, counting completed and failed streams.
+
+    retry=False: every failed stream counts (a rollout must fail none). retry=True: a client retries a failed stream
+    up to `retries` times before counting it as failed (what clients of a killed pod do)."""
+
+    def __init__(self, clients: int = 2, retry: bool = False, retries: int = 20) -> None:
+        self.ok, self.failed, self.retried, self.errors = 0, 0, 0, []
+        self.retry, self.retries = retry, retries
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    @staticmethod
+    def stream_once() -> int:
+        import socket
+
+        from websockets.sync.client import connect
+
+        sock = socket.create_connection((NODE_IP, 80), timeout=30)
+        with connect(f"ws://{HOST}/ws/tts", sock=sock, max_size=None, open_timeout=30) as ws:
+            ws.send(json.dumps({"text": "Streaming while the cluster changes.", "voice": "tara", "max_tokens": 60}))
+            size = 0
+            while True:
+                message = ws.recv(timeout=120)
+                if isinstance(message, bytes):
+                    if message == b"__END__":
+                        return size
+                    size += len(message)
+                elif json.loads(message).get("type") == "error":
+                    raise RuntimeError(message)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for attempt in range(self.retries + 1 if self.retry else 1):
+                try:
+                    self.stream_once()
+                    with self.lock:
+                        self.ok += 1
+                    break
+                except Exception as e:
+                    with self.lock:
+                        self.errors.append(repr(e)[:300])
+                        self.retried += 1
+                    if attempt < self.retries and self.retry:
+                        time.sleep(1)
+            else:
+                with self.lock:
+                    self.failed += 1
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=300)
+
+    def __repr__(self) -> str:
+        return f"Streamer(ok={self.ok}, failed={self.failed}, retried={self.retried}, errors={self.errors[-5:]})"
+
+
+def otts_status(cluster: Cluster) -> dict:
+    return json.loads(cluster.kubectl("-n", NAMESPACE, "get", "otts", NAME, "-o", "json").stdout).get("status", {})
+
+
+def patch_otts(cluster: Cluster, spec: dict) -> None:
+    cluster.kubectl("-n", NAMESPACE, "patch", "otts", NAME, "--type=merge", "-p", json.dumps({"spec": spec}))
+
+
+def runtime_pods(cluster: Cluster) -> list[dict]:
+    pods = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "pods", "-o", "json").stdout)["items"]
+    return [p for p in pods if p["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "server"]
+
+
+def wait_until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def settled(cluster: Cluster, replicas: int) -> bool:
+    """Ready, all replicas ready, and the Deployment's rollout finished (no old pods left)."""
+    status = otts_status(cluster)
+    if status.get("phase") != "Ready" or status.get("readyReplicas") != replicas:
+        return False
+    pods = runtime_pods(cluster)
+    return len(pods) == replicas and all(not p["metadata"].get("deletionTimestamp") for p in pods)
+
+
+@pytest.fixture(scope="session")
+def two_replicas(cluster: Cluster, ready: list[str]) -> None:
+    patch_otts(cluster, {"runtime": {"replicas": 2}})
+    wait_until(lambda: settled(cluster, 2), READY_TIMEOUT_S, "2 ready replicas")
+
+
+def test_runtime_only_change_rolls_with_zero_failed_streams(cluster: Cluster, two_replicas: None) -> None:
+    before = {p["metadata"]["name"] for p in runtime_pods(cluster)}
+    engine = otts_status(cluster).get("servingEngineHash")
+    streamer = Streamer()
+    try:
+        wait_until(lambda: streamer.ok >= 2, 120, "streams before the change")
+        patch_otts(cluster, {"runtime": {"env": [{"name": "ORPHEUS_E2E_ROLL", "value": "1"}]}})
+        wait_until(
+            lambda: settled(cluster, 2) and not before & {p["metadata"]["name"] for p in runtime_pods(cluster)},
+            READY_TIMEOUT_S,
+            "every runtime pod replaced",
+        )
+        ok_at_swap = streamer.ok
+        wait_until(lambda: streamer.ok >= ok_at_swap + 2, 120, "streams after the rollout")
+    finally:
+        streamer.finish()
+    assert streamer.failed == 0 and streamer.retried == 0, streamer
+    assert otts_status(cluster).get("servingEngineHash") == engine  # no rebuild for a runtime-only change
+
+
+def test_rebuild_worthy_change_builds_while_old_pods_serve(cluster: Cluster, two_replicas: None) -> None:
+    old = otts_status(cluster)
+    streamer = Streamer()
+    try:
+        wait_until(lambda: streamer.ok >= 2, 120, "streams before the change")
+        patch_otts(cluster, {"engine": {"maxBatchSize": 3}})
+        recorder = PhaseRecorder(cluster)
+        try:
+            wait_until(
+                lambda: otts_status(cluster).get("engineHash") not in (None, old.get("engineHash")),
+                120,
+                "a new engine hash",
+            )
+            wait_until(
+                lambda: (
+                    settled(cluster, 2) and otts_status(cluster).get("servingEngineHash") != old["servingEngineHash"]
+                ),
+                READY_TIMEOUT_S,
+                "the new engine serving",
+            )
+        finally:
+            recorder.stop.set()
+            recorder.thread.join()
+        ok_at_swap = streamer.ok
+        wait_until(lambda: streamer.ok >= ok_at_swap + 2, 120, "streams after the swap")
+    finally:
+        streamer.finish()
+    assert "Building" in recorder.phases, recorder.phases
+    assert streamer.failed == 0 and streamer.retried == 0, streamer
+
+
+def test_killed_runtime_pod_is_replaced_and_retrying_clients_are_served(cluster: Cluster, two_replicas: None) -> None:
+    victim = runtime_pods(cluster)[0]["metadata"]["name"]
+    streamer = Streamer(retry=True)
+    try:
+        wait_until(lambda: streamer.ok >= 2, 120, "streams before the kill")
+        cluster.kubectl("-n", NAMESPACE, "delete", "pod", victim, "--grace-period=0", "--force")
+        wait_until(
+            lambda: settled(cluster, 2) and victim not in {p["metadata"]["name"] for p in runtime_pods(cluster)},
+            READY_TIMEOUT_S,
+            "a replacement pod ready",
+        )
+        ok_after = streamer.ok
+        wait_until(lambda: streamer.ok >= ok_after + 2, 120, "streams after the replacement")
+    finally:
+        streamer.finish()
+    assert streamer.failed == 0, streamer
+
+
+def test_operator_killed_mid_build_converges(cluster: Cluster, two_replicas: None) -> None:
+    old = otts_status(cluster)
+    patch_otts(cluster, {"engine": {"maxBatchSize": 2}})
+    wait_until(lambda: otts_status(cluster).get("phase") == "Building", 120, "the build to start")
+    cluster.kubectl(
+        "-n", NAMESPACE, "delete", "pod", "-l", "app.kubernetes.io/name=orpheus-tts-operator", "--grace-period=0",
+        "--force",
+    )  # fmt: skip
+    wait_until(
+        lambda: settled(cluster, 2) and otts_status(cluster).get("servingEngineHash") != old["servingEngineHash"],
+        READY_TIMEOUT_S,
+        "the new engine serving after the operator's restart",
+    )
+    jobs = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "jobs", "-o", "json").stdout)["items"]
+    assert all(j["status"].get("failed", 0) == 0 for j in jobs), [j["status"] for j in jobs]
+
+
+def test_build_job_that_cannot_start_shows_the_reason(cluster: Cluster, installed: None) -> None:
+    broken = orpheus_tts()
+    broken["metadata"]["name"] = "unstartable"
+    broken["spec"]["build"]["image"] = "localhost/orpheus-tts-does-not-exist:e2e"
+    broken["spec"].pop("ingress")
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(broken))
+    try:
+
+        def reason() -> str:
+            doc = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "otts", "unstartable", "-o", "json").stdout)
+            status = doc.get("status", {})
+            text = json.dumps(status)
+            return text if status.get("phase") == "Pending" and ("ImagePull" in text or "ErrImage" in text) else ""
+
+        wait_until(reason, 180, "phase Pending with the image pull reason")
+    finally:
+        cluster.kubectl("-n", NAMESPACE, "delete", "otts", "unstartable", "--timeout=120s")
+
+
+def test_helm_uninstall_leaves_nothing_stuck_and_reinstall_works(
+    cluster: Cluster, images: dict[str, str], installed: None
+) -> None:
+    cluster.kubectl("-n", NAMESPACE, "delete", "otts", "--all", "--timeout=120s")
+    helm(cluster, "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout=120s")
+    everything = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "all,otts,pvc,ingress,jobs", "-o", "json").stdout)[
+        "items"
+    ]
+    stuck = [
+        f"{o['kind']}/{o['metadata']['name']}"
+        for o in everything
+        if o["metadata"].get("deletionTimestamp") or (o["metadata"].get("finalizers") and o["kind"] == "OrpheusTTS")
+    ]
+    assert not stuck
+    operator_repo, operator_tag = repo_and_tag(images["operator"])
+    torch_repo, torch_tag = repo_and_tag(images["torch"])
+    helm(
+        cluster, "install", RELEASE, str(CHART), "--namespace", NAMESPACE,
+        "--set", f"image.repository={operator_repo}", "--set", f"image.tag={operator_tag}",
+        "--set", "runtime.default=torch",
+        "--set", f"runtime.images.torch.repository={torch_repo}", "--set", f"runtime.images.torch.tag={torch_tag}",
+        "--wait", "--timeout=180s",
+    )  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(orpheus_tts()))
+    wait_until(lambda: settled(cluster, 1), READY_TIMEOUT_S, "Ready again after the re-install")
+    status, body = gateway_get("/metrics")
+    assert status == 200 and body
