@@ -50,6 +50,8 @@ def images(cluster: Cluster) -> dict[str, str]:
     print(f"images built (or found cached) in {time.monotonic() - start:.0f}s: {out}")
     for kind in ("operator", "torch"):
         cluster.import_image(Path(out[f"{kind}_archive"]), out[f"{kind}_image"])
+    # The image store is kept between runs: drop earlier builds' tags, several GB each, before they fill the disk.
+    cluster.prune_images("localhost/orpheus-tts-", keep=[out["operator_image"], out["torch_image"]])
     return {"operator": out["operator_image"], "torch": out["torch_image"]}
 
 
