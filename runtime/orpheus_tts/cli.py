@@ -14,10 +14,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-model": ("orpheus_tts.tiny_model", "Write a tiny random-weight model in Orpheus layout"),
     "download": ("orpheus_tts.hub", "Download a model from the Hugging Face hub (HF_TOKEN)"),
     "build-engine": ("orpheus_tts.build_engine", "Build the serving engine into a directory, with manifest"),
-    "make-calibration": ("orpheus_tts.calibration", "Generate the INT4-AWQ / INT8-KV calibration set from the model"),
-    "doctor": ("orpheus_tts.doctor", "Check this node and image (GPU, libraries, an engine's manifest)"),
     "serve-engines": ("orpheus_tts.engine_store", "Serve finished engines of a volume over HTTP (read-only)"),
     "fetch-engine": ("orpheus_tts.engine_store", "Copy one engine from serve-engines, verified by its manifest"),
+    "make-calibration": ("orpheus_tts.calibration", "Generate the INT4-AWQ / INT8-KV calibration set from the model"),
+    "doctor": ("orpheus_tts.doctor", "Check this node and image (GPU, libraries, an engine's manifest)"),
 }
 
 

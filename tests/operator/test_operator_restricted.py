@@ -23,7 +23,8 @@ pytestmark = pytest.mark.k8s
 @pytest.fixture(scope="module")
 def kube() -> Iterator[ControlPlane]:
     plane = ControlPlane(
-        bin_dir=build_binaries(), controllers="garbagecollector,namespace,serviceaccount,job,deployment,replicaset"
+        bin_dir=build_binaries(),
+        controllers="garbagecollector,namespace,serviceaccount,job,deployment,replicaset,resourcequota",
     ).start()
     try:
         yield plane
@@ -76,7 +77,16 @@ def test_operand_pods_are_admitted_under_restricted(cluster: Cluster, run_operat
     store = f"{crd.INSTANCE_LABEL}=voice,{crd.COMPONENT_LABEL}={crd.ENGINE_STORE}"
     wait_for(lambda: pods_of(cluster, store), what="the engine store's pod")
 
-    # What the kubelet reports when the build exits 0; the real Job controller then completes the Job.
+    succeed(cluster, job)
+    servers = f"{crd.INSTANCE_LABEL}=voice,{crd.COMPONENT_LABEL}={crd.SERVER}"
+    wait_for(lambda: len(pods_of(cluster, servers)) == 2, what="the ReplicaSet controller to create 2 server pods")
+    assert not failed_creates(cluster)
+    (pod,) = pods_of(cluster, f"job-name={job}")
+    assert pod.spec.security_context.fs_group == 10001 and pod.spec.security_context.run_as_user == 10001
+
+
+def succeed(cluster: Cluster, job: str) -> None:
+    """What the kubelet reports when the build exits 0; the real Job controller then completes the Job."""
     (pod,) = pods_of(cluster, f"job-name={job}")
     t = now()
     terminated = {"exitCode": 0, "reason": "Completed", "startedAt": t, "finishedAt": t}
@@ -94,10 +104,6 @@ def test_operand_pods_are_admitted_under_restricted(cluster: Cluster, run_operat
         ],
     }
     cluster.core.patch_namespaced_pod_status(pod.metadata.name, cluster.ns, {"status": status})
-    servers = f"{crd.INSTANCE_LABEL}=voice,{crd.COMPONENT_LABEL}={crd.SERVER}"
-    wait_for(lambda: len(pods_of(cluster, servers)) == 2, what="the ReplicaSet controller to create 2 server pods")
-    assert not failed_creates(cluster)
-    assert pod.spec.security_context.fs_group == 10001 and pod.spec.security_context.run_as_user == 10001
 
 
 def test_a_refused_pod_is_reported_within_a_minute(cluster: Cluster, run_operator: Any) -> None:
@@ -111,3 +117,35 @@ def test_a_refused_pod_is_reported_within_a_minute(cluster: Cluster, run_operato
     )
     degraded = next(c for c in st["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "FailedCreate" and "violates PodSecurity" in degraded["message"], degraded
+
+
+def test_a_rollout_whose_pods_are_refused_is_degraded(cluster: Cluster, run_operator: Any) -> None:
+    """A quota that admits the build but no server pod: the Deployment's ReplicaFailure shows up as Degraded."""
+    cluster.core.create_namespaced_resource_quota(
+        cluster.ns, {"metadata": {"name": "no-gpus"}, "spec": {"hard": {"requests.nvidia.com/gpu": "0"}}}
+    )
+    wait_for(
+        lambda: cluster.core.read_namespaced_resource_quota("no-gpus", cluster.ns).status.hard,
+        what="the quota controller to compute the quota",
+    )
+    run_operator()
+    cluster.create("voice", merge(TINY, {"runtime": {"gpus": 1}}))  # the build takes no GPU, the servers one each
+    cluster.wait_phase("voice", "Building")
+    job = cluster.jobs("voice")[0]["metadata"]["name"]
+    wait_for(lambda: pods_of(cluster, f"job-name={job}"), what="the build pod")
+    succeed(cluster, job)
+    st = wait_for(
+        lambda: cluster.status("voice") if _degraded(cluster.status("voice"))[0] == "True" else None,
+        timeout=60,
+        what="Degraded",
+    )
+    reason, message = _degraded(st)[1:]
+    assert reason == "FailedCreate" and "exceeded quota" in message, (reason, message)
+    assert st["phase"] == "Deploying"
+
+
+def _degraded(st: dict) -> tuple[str, str, str]:
+    for c in st.get("conditions") or []:
+        if c["type"] == "Degraded":
+            return c["status"], c["reason"], c.get("message", "")
+    return "", "", ""
