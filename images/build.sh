@@ -6,6 +6,9 @@
 #   images/build.sh --skaffold operator|torch   skaffold's custom builder (skaffold.yaml, profile `cpu`): also tags
 #                                               the image as $IMAGE (and imports that into containerd, see below)
 #   images/build.sh --buildah ARGS...           buildah on this script's storage (tests run the images with it)
+#   images/build.sh --docker-api SOCKET         serve a Docker-compatible API for this storage on SOCKET (podman,
+#                                               in the foreground): skaffold's local builder inspects and tags the
+#                                               images it built through it (DOCKER_HOST=unix://SOCKET)
 #
 # stdout, one `key=value` per line (progress and timings go to stderr):
 #   operator_image=localhost/orpheus-tts-operator:<tag>   operator_archive=<cache>/images/archives/<...>.tar
@@ -44,6 +47,12 @@ if [ "${1:-}" = --buildah ]; then
   shift
   bah "$@"
   exit
+fi
+if [ "${1:-}" = --docker-api ]; then
+  # skaffold's local builder needs a Docker daemon even for a custom builder (it asks it for the image's ID and
+  # tags the image with it); there is none here, and podman serves the same API on the same storage.
+  CONTAINERS_CONF=$cache/containers.conf TMPDIR=$cache/tmp exec podman --root "$cache/storage" \
+    --runroot "$cache/run" --tmpdir "$cache/run/libpod" --storage-driver overlay system service --time=0 "unix://$2"
 fi
 
 skaffold=0
@@ -156,8 +165,12 @@ build_image() {  # NAME DOCKERFILE REPOSITORY BASE -> prints NAME_image= and NAM
       "${ctr[@]}" images import "$archive" >&2
       log "imported $ref into containerd ($ORPHEUS_CONTAINERD_ADDRESS) in $(since "$t")"
     fi
-    if [ $skaffold = 1 ]; then  # the name skaffold deploys: a second name for the same image, no second import
-      "${ctr[@]}" images tag --force "$ref" "$IMAGE" >&2
+    if [ $skaffold = 1 ]; then
+      # The names skaffold uses: its tag, and (push: false) repository:<image ID>, the name it deploys. More names
+      # for the same image, no second import.
+      local id
+      id=$(bah inspect --type image --format '{{.FromImageID}}' "$ref")
+      "${ctr[@]}" images tag --force "$ref" "$IMAGE" "$repo:$id" >&2
     fi
   fi
   echo "${name}_image=$ref"

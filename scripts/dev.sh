@@ -16,4 +16,11 @@ command -v kubectl >/dev/null || { echo "kubectl is not on PATH" >&2; exit 1; }
 skaffold=$(bash tests/k8s/build-skaffold.sh | tail -1)
 helm_dir=$(bash tests/k8s/build.sh | tail -1)  # skaffold's helm deployer runs `helm`
 export PATH=$helm_dir:$PATH SKAFFOLD_UPDATE_CHECK=false
-exec "$skaffold" dev -p cpu --config scripts/skaffold-global-config.yaml --port-forward=user "$@"
+# skaffold's local builder asks a Docker API about the images it built: podman serves one on buildah's storage.
+api=$(mktemp -d)/docker.sock
+bash images/build.sh --docker-api "$api" &
+podman_pid=$!
+trap 'kill $podman_pid 2>/dev/null; wait $podman_pid 2>/dev/null; rm -rf "$(dirname "$api")"' EXIT
+for _ in $(seq 150); do [ -S "$api" ] && break; sleep 0.2; done
+export DOCKER_HOST=unix://$api
+"$skaffold" dev -p cpu --config scripts/skaffold-global-config.yaml --port-forward=user --cache-artifacts=false "$@"

@@ -155,6 +155,9 @@ def test_cpu_profile_builds_no_trtllm_image_and_requests_no_gpu():
     assert spec["engine"]["backend"] == "torch"
     assert spec["runtime"]["gpus"] == 0 and spec["build"]["gpus"] == 0
     assert spec["runtime"]["affinity"] == {} and spec["runtime"]["tolerations"] == []  # schedulable anywhere
+    # File sync writes into /app of the server pods: their root filesystem is writable in this profile, and only that.
+    assert spec["runtime"]["securityContext"] == {"readOnlyRootFilesystem": False}
+    assert "securityContext" not in spec["build"]
     assert "nvidia.com/gpu" not in yaml.safe_dump(spec)
 
 

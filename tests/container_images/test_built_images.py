@@ -140,7 +140,15 @@ def test_runtime_image_serves_the_tiny_model(built, tmp_path):
     (tmp_path / "output.log").unlink(missing_ok=True)
     with started(image, serve, tmp_path, mounts) as server:
         wait_ready(f"http://127.0.0.1:{port}/readyz", server.process, tmp_path / "output.log")
-        body = json.dumps({"input": "Hello from the image.", "voice": "tara", "min_tokens": 28, "max_tokens": 84})
+        body = json.dumps(
+            {
+                "input": "Hello from the image.",
+                "voice": "tara",
+                "response_format": "wav",
+                "min_tokens": 28,
+                "max_tokens": 84,
+            }
+        )
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/audio/speech",
             data=body.encode(),

@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,10 +20,26 @@ from k8s.control_plane import build_binaries
 from container_images.oci import ROOT, image_config, inspect
 
 
+@contextmanager
+def docker_api(socket: Path) -> Iterator[str]:
+    """images/build.sh --docker-api: podman serving a Docker API for buildah's storage -> DOCKER_HOST."""
+    proc = subprocess.Popen(["bash", str(ROOT / "images/build.sh"), "--docker-api", str(socket)])
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "podman system service did not start"
+            time.sleep(0.2)
+        yield f"unix://{socket}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
-def skaffold(tmp_path_factory: pytest.TempPathFactory):
-    """skaffold(*args, check=True) -> CompletedProcess, run from the repository root with helm on PATH, no
-    kubeconfig, and a global config with metrics, update checks and surveys off."""
+def skaffold(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """skaffold(*args, check=True) -> CompletedProcess, run from the repository root with helm on PATH, the images'
+    Docker API (podman) as DOCKER_HOST, no kubeconfig, and a global config with metrics, update checks and surveys
+    off."""
     out = subprocess.run(
         ["bash", str(ROOT / "tests/k8s/build-skaffold.sh")], check=True, capture_output=True, text=True
     )
@@ -31,6 +50,8 @@ def skaffold(tmp_path_factory: pytest.TempPathFactory):
     env = {
         **os.environ,
         "HOME": str(home),
+        # images/build.sh keeps its cache under $HOME unless told: the one the other tests built.
+        "ORPHEUS_CACHE": os.environ.get("ORPHEUS_CACHE", str(Path.home() / ".cache/orpheus-tts")),
         "KUBECONFIG": str(home / "no-kubeconfig"),
         "PATH": f"{build_binaries()}:{os.environ['PATH']}",
         "SKAFFOLD_UPDATE_CHECK": "false",
@@ -46,7 +67,9 @@ def skaffold(tmp_path_factory: pytest.TempPathFactory):
             )
         return result
 
-    return run
+    with docker_api(home / "docker.sock") as docker_host:
+        env["DOCKER_HOST"] = docker_host
+        yield run
 
 
 # The file scripts/dev.sh passes with --config: skaffold's global config with everything that would phone home off.
@@ -77,7 +100,7 @@ def test_skaffold_renders_the_cpu_profile_with_its_tags(skaffold):
 
 
 def test_skaffold_builds_the_cpu_profile_with_buildah(skaffold, tmp_path: Path, built):
-    result = skaffold("build", "-p", "cpu", "--file-output", str(tmp_path / "builds.json"))
+    result = skaffold("build", "-p", "cpu", "--cache-artifacts=false", "--file-output", str(tmp_path / "builds.json"))
     builds = {b["imageName"]: b["tag"] for b in json.loads((tmp_path / "builds.json").read_text())["builds"]}
     assert set(builds) == {"localhost/orpheus-tts-operator", "localhost/orpheus-tts-torch"}, result.stderr
     for tag in builds.values():
