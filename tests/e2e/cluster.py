@@ -647,6 +647,8 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
             "volumePluginDir": str(self.workdir / "flexvolume"),
             # A shared CI disk: never evict or garbage-collect the imported images because of it.
             "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+            # A moment of disk pressure (other builds on the machine) taints the node for this long after it ends.
+            "evictionPressureTransitionPeriod": "10s",
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
             "serializeImagePulls": False,
@@ -806,6 +808,13 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
         if not self.has_image(name):
             raise ClusterError(f"importing {archive} did not produce {name}: {self.ctr('images', 'ls', '-q').stdout}")
         log(f"imported {name} in {time.monotonic() - t:.1f}s")
+
+    def prune_images(self, prefix: str, keep: list[str]) -> None:
+        """Removes the images named prefix* other than `keep` (earlier builds' tags; containerd frees their layers)."""
+        old = [n for n in self.ctr("images", "ls", "-q").stdout.split() if n.startswith(prefix) and n not in keep]
+        if old:
+            self.ctr("images", "rm", *old, check=False)
+            log(f"removed old images: {' '.join(old)}")
 
     def remove_containers(self) -> None:
         """Kills and removes every container and sandbox in containerd's k8s.io namespace (images stay)."""
