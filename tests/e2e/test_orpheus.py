@@ -30,6 +30,7 @@ NAMESPACE = "orpheus-tts"
 RELEASE = "orpheus-tts-operator"
 NAME = "orpheus"
 HOST = "tts.e2e.test"  # the Ingress host: clients connect to the gateway at NODE_IP with this Host header
+ROUTE_HOST = "route.tts.e2e.test"  # the HTTPRoute's hostname, on the cluster's Gateway `default/e2e` (Traefik)
 CHART = REPO / "charts/orpheus-tts-operator"
 # The whole chain on 2 shared cores: the build Job's pod (tiny model, CPU), then the runtime pod's start and warmup.
 READY_TIMEOUT_S = float(os.environ.get("ORPHEUS_E2E_READY_TIMEOUT", "600"))
@@ -93,6 +94,12 @@ def orpheus_tts(replicas: int = 1) -> dict:
             "build": {"gpus": 0, "resources": small},
             "storage": {"size": "1Gi", "accessMode": "ReadWriteOnce"},
             "ingress": {"enabled": True, "host": HOST, "className": "traefik"},
+            # The same pods also through a Gateway API HTTPRoute (both exposures may be on at once).
+            "gateway": {
+                "enabled": True,
+                "parentRefs": [{"name": "e2e", "namespace": "default"}],
+                "hostnames": [ROUTE_HOST],
+            },
         },
     }
 
@@ -206,14 +213,13 @@ def wav_info(data: bytes) -> tuple[int, int, int, int]:
         return w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
 
 
-def test_websocket_through_the_gateway_gets_a_valid_wav(ready: list[str]) -> None:
+def speak_through_gateway(host: str) -> bytes:
+    """One utterance over a WebSocket to the gateway at NODE_IP:80, routed on `host`; the PCM it streamed."""
     from websockets.asyncio.client import connect
 
-    from orpheus_tts.wav import SAMPLE_RATE, wav_header
-
     async def speak() -> bytes:
-        # The TCP connection goes to the gateway; the URI's host is the Host header the Ingress routes on.
-        async with connect(f"ws://{HOST}/ws/tts", host=NODE_IP, port=80, max_size=None, open_timeout=30) as ws:
+        # The TCP connection goes to the gateway; the URI's host is the Host header the route matches on.
+        async with connect(f"ws://{host}/ws/tts", host=NODE_IP, port=80, max_size=None, open_timeout=30) as ws:
             await ws.send(json.dumps({"text": "Hello from the end-to-end test.", "voice": "tara", "max_tokens": 120}))
             chunks = []
             async for message in ws:
@@ -225,10 +231,35 @@ def test_websocket_through_the_gateway_gets_a_valid_wav(ready: list[str]) -> Non
                     assert json.loads(message).get("type") != "error", message
             return b"".join(chunks)
 
-    pcm = asyncio.run(asyncio.wait_for(speak(), 180))
+    return asyncio.run(asyncio.wait_for(speak(), 180))
+
+
+def assert_valid_pcm(pcm: bytes) -> None:
+    from orpheus_tts.wav import SAMPLE_RATE, wav_header
+
     assert pcm and len(pcm) % 2 == 0
     channels, width, rate, frames = wav_info(wav_header(len(pcm), SAMPLE_RATE) + pcm)
     assert (channels, width, rate) == (1, 2, SAMPLE_RATE) and frames == len(pcm) // 2
+
+
+def test_websocket_through_the_gateway_gets_a_valid_wav(ready: list[str]) -> None:
+    assert_valid_pcm(speak_through_gateway(HOST))
+
+
+def test_websocket_through_an_httproute(cluster: Cluster, ready: list[str]) -> None:
+    """spec.gateway: the operator's HTTPRoute is accepted by the Gateway's controller and carries WebSockets."""
+    route = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "httproute", NAME, "-o", "json").stdout)
+    assert [(r["name"], r["namespace"]) for r in route["spec"]["parentRefs"]] == [("e2e", "default")]
+
+    def accepted() -> bool:
+        current = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "httproute", NAME, "-o", "json").stdout)
+        parents = current.get("status", {}).get("parents", [])
+        return any(c["type"] == "Accepted" and c["status"] == "True" for p in parents for c in p["conditions"])
+
+    wait_until(accepted, 60, "the HTTPRoute accepted by Traefik")
+    status = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "otts", NAME, "-o", "json").stdout)["status"]
+    assert status["endpoint"] == f"https://{ROUTE_HOST}/"
+    assert_valid_pcm(speak_through_gateway(ROUTE_HOST))
 
 
 def test_openai_speech_through_the_gateway(ready: list[str]) -> None:
