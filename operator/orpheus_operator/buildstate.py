@@ -28,6 +28,7 @@ EXIT_REASONS: dict[int, str] = {
     8: "BuildLocked",
     9: "NetworkError",
     10: "TensorRTLLMUnavailable",
+    11: "EngineNotServable",
     137: "Killed",
 }
 JOB_REASONS = {"DeadlineExceeded": "BuildDeadlineExceeded", "BackoffLimitExceeded": "BuildFailed"}
