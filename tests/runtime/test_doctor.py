@@ -155,5 +155,7 @@ def test_server_and_build_fail_fast_when_tensorrt_does_not_load(trtllm, tiny_mod
 def test_the_trtllm_image_puts_tensorrt_on_the_loader_path():
     """The contract between the image and doctor's check: the same directory, set with ENV (no shell)."""
     root = pathlib.Path(__file__).resolve().parents[2] / "images"
-    lines = [line for f in root.glob("*trtllm*") for line in f.read_text().splitlines()]
-    assert any(line.startswith(f"ENV LD_LIBRARY_PATH={doctor.TENSORRT_LIB_DIR}") for line in lines)
+    # Dockerfile instructions with their continuation lines joined: `ENV A=1 \` + `    B=2` is one ENV.
+    instructions = [i for f in root.glob("*trtllm*") for i in f.read_text().replace("\\\n", " ").splitlines()]
+    settings = [word for i in instructions if i.startswith("ENV ") for word in i.split()[1:]]
+    assert any(word.startswith(f"LD_LIBRARY_PATH={doctor.TENSORRT_LIB_DIR}") for word in settings), settings
