@@ -126,9 +126,12 @@ def _scratch_mounts() -> list[dict[str, Any]]:
     return [{"name": name, "mountPath": path} for name, path in SCRATCH_MOUNTS.items()]
 
 
-def _pvc_volume(body: Body, read_only: bool) -> dict[str, Any]:
-    claim = {"claimName": crd.pvc_name(body["metadata"]["name"]), "readOnly": read_only}
-    return {"name": "engines", "persistentVolumeClaim": claim}
+def _pvc_volume(body: Body) -> dict[str, Any]:
+    """The engines claim, never read-only at the volume: readers get read-only *mounts* (`_engine_mounts`).
+    The kubelet applies fsGroup to a local volume only at its first mount on a node, and not at all when that
+    mount is read-only; when the engine store's read-only mount came first, the build Job that mounted the same
+    volume a moment later could not write to it (EACCES, seen on the real node in tests/e2e)."""
+    return {"name": "engines", "persistentVolumeClaim": {"claimName": crd.pvc_name(body["metadata"]["name"])}}
 
 
 def _shm_volume(shm_size: str) -> dict[str, Any]:
@@ -203,7 +206,7 @@ def render_store(body: Body, cfg: OperatorConfig) -> dict[str, Any] | None:
         **_pod_placement(spec, spec["gpu"] if spec["build"]["gpus"] > 0 else None),
         "enableServiceLinks": False,
         "containers": [container],
-        "volumes": [_pvc_volume(body, read_only=True), *_scratch_volumes()],
+        "volumes": [_pvc_volume(body), *_scratch_volumes()],
     }
     return {
         "apiVersion": "apps/v1",
@@ -309,7 +312,7 @@ def render_job(body: Body, build: dict[str, Any], engine_hash: str, attempt: int
         "enableServiceLinks": False,
         **_pod_placement(spec, spec["gpu"] if gpus > 0 else None),
         "containers": [container],
-        "volumes": [_pvc_volume(body, read_only=False), _shm_volume(spec["runtime"]["shmSize"]), *_scratch_volumes()],
+        "volumes": [_pvc_volume(body), _shm_volume(spec["runtime"]["shmSize"]), *_scratch_volumes()],
     }
     if gpus > 0 and spec["runtime"].get("runtimeClassName"):
         pod_spec["runtimeClassName"] = spec["runtime"]["runtimeClassName"]
@@ -467,7 +470,7 @@ def render_deployment(
             }
         ]
     else:
-        pod["volumes"] = [_pvc_volume(body, read_only=True), _shm_volume(runtime["shmSize"]), *_scratch_volumes()]
+        pod["volumes"] = [_pvc_volume(body), _shm_volume(runtime["shmSize"]), *_scratch_volumes()]
     annotations = {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(crd.HTTP_PORT),

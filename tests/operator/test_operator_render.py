@@ -128,7 +128,8 @@ def test_deployment_serves_the_engine_per_the_runtime_contract() -> None:
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert {"name": "engines", "mountPath": "/engines", "readOnly": True} in c["volumeMounts"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["engines"]["persistentVolumeClaim"] == {"claimName": "voice-engines", "readOnly": True}
+    # Read-only at the mount, not at the volume (see render._pvc_volume: fsGroup on local volumes).
+    assert volumes["engines"]["persistentVolumeClaim"] == {"claimName": "voice-engines"}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
     # preStop, then the runtime's drain, must fit in the grace period.
@@ -435,3 +436,19 @@ def test_handover_keeps_the_running_count() -> None:
     assert render.replicas_handover(dep)["spec"] == {"replicas": 8}
     dep["metadata"]["managedFields"][0]["fieldsV1"] = {"f:spec": {"f:template": {}}}
     assert not render.manages_replicas(dep)
+
+
+def test_the_engines_claim_is_never_read_only_at_the_volume() -> None:
+    """Every pod that mounts the engines volume mounts it writable at the volume level, so whichever mounts it first
+    on a node gets the kubelet's fsGroup ownership change; readers are read-only at their container mount."""
+    body = make_body({"runtime": {"replicas": 1}, "storage": {"accessMode": "ReadWriteOnce"}})
+    build, h = build_of(body)
+    pods = [
+        render.render_job(body, build, h, 1)["spec"]["template"]["spec"],
+        render.render_store(body, CFG)["spec"]["template"]["spec"],
+    ]
+    for pod in pods:
+        (claim,) = [v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        assert "readOnly" not in claim
+    store_mounts = pods[1]["containers"][0]["volumeMounts"]
+    assert {"name": "engines", "mountPath": "/engines", "readOnly": True} in store_mounts
