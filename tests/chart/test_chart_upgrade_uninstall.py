@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from k8s.control_plane import free_port
+from k8s.control_plane import free_port, stop_process
 from k8s.waiting import gone, wait_for
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -78,12 +78,7 @@ def chart_operator(kube, namespace: str, release: str, tmp_path: pathlib.Path) -
         print(log.read_text(errors="replace")[-6000:])
         raise
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=20)
 
 
 def phase(custom: client.CustomObjectsApi, namespace: str, name: str) -> str | None:

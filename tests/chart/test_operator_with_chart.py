@@ -10,7 +10,7 @@ import subprocess
 import urllib.request
 
 import pytest
-from k8s.control_plane import free_port
+from k8s.control_plane import free_port, stop_process
 from k8s.waiting import wait_for
 from kubernetes import client
 
@@ -96,12 +96,7 @@ def test_operator_reconciles_the_chart_instance_with_chart_rbac(kube, namespace,
             print(log.read_text(errors="replace")[-6000:])
             raise
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, timeout=20)
         forbidden = [line for line in log.read_text(errors="replace").splitlines() if "forbidden" in line.lower()]
         assert not forbidden, "the operator hit RBAC denials:\n" + "\n".join(forbidden[:10])
 

@@ -57,6 +57,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen, timeout: float, sig: int = signal.SIGTERM) -> None:
+    """Sends `sig` to a still-running process, waits up to `timeout` seconds, then kills it."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def openssl(*args: str, cwd: Path) -> None:
     proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -286,13 +298,7 @@ class ControlPlane:
     def stop(self) -> None:
         # Reverse start order: controller-manager, apiserver, then etcd.
         for proc in reversed(list(self.processes.values())):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, timeout=15)
         self.processes.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
 

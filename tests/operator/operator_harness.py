@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 from crd_schema import CRD_PATH, defaulted_spec
-from k8s.control_plane import free_port
+from k8s.control_plane import free_port, stop_process
 from k8s.waiting import wait_for
 from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
@@ -210,13 +210,8 @@ class OperatorProcess:
             return False
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=20, sig=sig)
         self.proc = None
 
     def log_tail(self, lines: int = 60) -> str:
