@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-from orpheus_tts.decode_attention import decode_attention, decode_attention_reference, quantize_kv
+from orpheus_tts.model.decode_attention import decode_attention, decode_attention_reference, quantize_kv
 
 Q_HEADS, KV_HEADS, HEAD_DIM, LAYERS = 24, 8, 128, 28
 

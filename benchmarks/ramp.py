@@ -29,7 +29,7 @@ import urllib.request
 
 import aiohttp
 
-from orpheus_tts.bench import run_stream
+from orpheus_tts.tools.bench import run_stream
 
 TEXT = "Hello there, this is one of many listeners streaming speech from the same GPU."
 

@@ -21,8 +21,8 @@ from snac import SNAC
 from step_bench import graph_of  # benchmarks/ is the script directory
 from triton.testing import do_bench
 
-from orpheus_tts.snac_decoder import disable_noise, fold_weight_norm, plain_snake
-from orpheus_tts.tiny_model import SNAC_24KHZ_CONFIG
+from orpheus_tts.model.tiny_model import SNAC_24KHZ_CONFIG
+from orpheus_tts.speech.snac_decoder import disable_noise, fold_weight_norm, plain_snake
 
 
 def codes_for(batch: int, frames: int, device: str) -> list[torch.Tensor]:

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-from orpheus_tts.llama import LayerOps, Transformer
-from orpheus_tts.model_spec import ModelSpec
-from orpheus_tts.sampling import SlotParams, SlotSampler, draw, output_rows
-from orpheus_tts.step_graphs import DeviceState, PrefillGraphs, capture, decode_step, prefill_step
+from orpheus_tts.engine.sampling import SlotParams, SlotSampler, draw, output_rows
+from orpheus_tts.engine.step_graphs import DeviceState, PrefillGraphs, capture, decode_step, prefill_step
+from orpheus_tts.model.llama import LayerOps, Transformer
+from orpheus_tts.model.model_spec import ModelSpec
 
 TOKENS_PER_SECOND_REALTIME = 82.03  # 7 tokens per 2048-sample frame at 24 kHz
 

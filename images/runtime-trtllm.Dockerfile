@@ -11,7 +11,7 @@ FROM nvcr.io/nvidia/tensorrt-llm/release:1.2.1
 # One GPU per pod: run TensorRT-LLM's worker in-process instead of through MPI.
 # TensorRT's libraries (libnvinfer.so.10): NVIDIA's image puts them on the loader path only in a shell start-up
 # file ($ENV, docker/common/install_tensorrt.sh), and neither our ENTRYPOINT nor the operator's command starts a
-# shell. `orpheus-tts doctor` checks it (runtime/orpheus_tts/doctor.py TENSORRT_LIB_DIR). [issue 14, item 4]
+# shell. `orpheus-tts doctor` checks it (runtime/orpheus_tts/build/doctor.py TENSORRT_LIB_DIR). [issue 14, item 4]
 ENV TLLM_WORKER_USE_SINGLE_PROCESS=1 \
     LD_LIBRARY_PATH=/usr/local/tensorrt/lib${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}
 

@@ -60,7 +60,7 @@ orpheus-tts say "Hello from Orpheus, served on a laptop." -o "$out" --url "ws://
 
 python - "$out" <<'EOF'
 import sys
-from orpheus_tts.wav import read_wav_info
+from orpheus_tts.speech.wav import read_wav_info
 rate, channels, bits, frames = read_wav_info(sys.argv[1])
 if (rate, channels, bits) != (24000, 1, 16) or frames == 0:
     sys.exit(f"{sys.argv[1]} is not 24 kHz mono s16le audio: {rate} Hz, {channels} ch, {bits} bit, {frames} samples")

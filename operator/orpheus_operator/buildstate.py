@@ -16,7 +16,7 @@ from orpheus_operator.config import OperatorConfig
 
 RUNNING, SUCCEEDED, FAILED, MISSING = "Running", "Succeeded", "Failed", "Missing"
 
-# `orpheus-tts build-engine` exit codes (runtime/orpheus_tts/build_engine.py, contracts.md) -> status reasons.
+# `orpheus-tts build-engine` exit codes (runtime/orpheus_tts/build/build_engine.py, contracts.md) -> status reasons.
 EXIT_REASONS: dict[int, str] = {
     1: "BuildFailed",
     2: "InvalidBuildArguments",
@@ -42,7 +42,7 @@ STUCK_REASONS = {
 }
 MAX_MESSAGE = 400
 # `orpheus-tts build-engine` reports progress on stderr as `build-engine: [<step> <percent>%] <message>`
-# (runtime/orpheus_tts/build_engine.py, Reporter.phase); the operator reads the build pod's log tail.
+# (runtime/orpheus_tts/build/build_engine.py, Reporter.phase); the operator reads the build pod's log tail.
 PROGRESS_LINE = re.compile(r"^build-engine: \[(?P<step>[\w-]+) (?P<percent>\d+)%\] (?P<message>.*)$")
 # Job controller Events that mean it cannot create the build pod (admission, quota, invalid template).
 CREATE_FAILURES = {"FailedCreate"}

@@ -7,17 +7,20 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("orpheus_tts.server", "Run the HTTP/WebSocket server"),
-    "say": ("orpheus_tts.client", "Synthesize text through a running server into a WAV file"),
-    "warmup": ("orpheus_tts.client", "Send one short request and wait for its audio"),
-    "bench": ("orpheus_tts.bench", "Concurrent streams against a server: first audio, real-time factor"),
-    "make-tiny-model": ("orpheus_tts.tiny_model", "Write a tiny random-weight model in Orpheus layout"),
-    "download": ("orpheus_tts.hub", "Download a model from the Hugging Face hub (HF_TOKEN)"),
-    "build-engine": ("orpheus_tts.build_engine", "Build the serving engine into a directory, with manifest"),
-    "serve-engines": ("orpheus_tts.engine_store", "Serve finished engines of a volume over HTTP (read-only)"),
-    "fetch-engine": ("orpheus_tts.engine_store", "Copy one engine from serve-engines, verified by its manifest"),
-    "make-calibration": ("orpheus_tts.calibration", "Generate the INT4-AWQ / INT8-KV calibration set from the model"),
-    "doctor": ("orpheus_tts.doctor", "Check this node and image (GPU, libraries, an engine's manifest)"),
+    "serve": ("orpheus_tts.serve.server", "Run the HTTP/WebSocket server"),
+    "say": ("orpheus_tts.tools.client", "Synthesize text through a running server into a WAV file"),
+    "warmup": ("orpheus_tts.tools.client", "Send one short request and wait for its audio"),
+    "bench": ("orpheus_tts.tools.bench", "Concurrent streams against a server: first audio, real-time factor"),
+    "make-tiny-model": ("orpheus_tts.model.tiny_model", "Write a tiny random-weight model in Orpheus layout"),
+    "download": ("orpheus_tts.build.hub", "Download a model from the Hugging Face hub (HF_TOKEN)"),
+    "build-engine": ("orpheus_tts.build.build_engine", "Build the serving engine into a directory, with manifest"),
+    "serve-engines": ("orpheus_tts.build.engine_store", "Serve finished engines of a volume over HTTP (read-only)"),
+    "fetch-engine": ("orpheus_tts.build.engine_store", "Copy one engine from serve-engines, verified by its manifest"),
+    "make-calibration": (
+        "orpheus_tts.build.calibration",
+        "Generate the INT4-AWQ / INT8-KV calibration set from the model",
+    ),
+    "doctor": ("orpheus_tts.build.doctor", "Check this node and image (GPU, libraries, an engine's manifest)"),
 }
 
 

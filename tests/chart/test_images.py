@@ -80,7 +80,7 @@ def test_dockerignore_keeps_the_context_small():
     patterns = dockerignore_patterns()
     for rel in (".git", ".venv", "tests/k8s/build.sh", "benchmarks", "runtime/orpheus_tts/__pycache__"):
         assert dockerignored(rel, patterns), rel
-    assert not dockerignored("runtime/orpheus_tts/server.py", patterns)
+    assert not dockerignored("runtime/orpheus_tts/serve/server.py", patterns)
 
 
 def base_images(dockerfile: Path) -> list[str]:

@@ -129,7 +129,7 @@ def test_monitors_select_the_operator_and_the_runtime_pods(render) -> None:
 @pytest.fixture(scope="module")
 def runtime_exposition(tmp_path_factory) -> str:
     """/metrics of a real `orpheus-tts serve` (tiny random-weight model, CPU) after one utterance."""
-    from orpheus_tts.tiny_model import make_tiny_model
+    from orpheus_tts.model.tiny_model import make_tiny_model
 
     model = make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
     port = free_port()

@@ -235,7 +235,7 @@ def speak_through_gateway(host: str) -> bytes:
 
 
 def assert_valid_pcm(pcm: bytes) -> None:
-    from orpheus_tts.wav import SAMPLE_RATE, wav_header
+    from orpheus_tts.speech.wav import SAMPLE_RATE, wav_header
 
     assert pcm and len(pcm) % 2 == 0
     channels, width, rate, frames = wav_info(wav_header(len(pcm), SAMPLE_RATE) + pcm)
@@ -265,7 +265,7 @@ def test_websocket_through_an_httproute(cluster: Cluster, ready: list[str]) -> N
 def test_openai_speech_through_the_gateway(ready: list[str]) -> None:
     import openai
 
-    from orpheus_tts.wav import SAMPLE_RATE
+    from orpheus_tts.speech.wav import SAMPLE_RATE
 
     client = openai.OpenAI(
         base_url=f"http://{NODE_IP}/v1", api_key="unused", default_headers={"Host": HOST}, timeout=180

@@ -15,9 +15,9 @@ GATEWAY = {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gate
 
 def test_runtime_limits_match_the_runtime() -> None:
     """The operator cannot import the runtime (separate images): its copies of the limits are tied here."""
-    from orpheus_tts import audio_codes, prompts, snac_decoder
     from orpheus_tts.config import RuntimeConfig
-    from orpheus_tts.model_spec import VOICES
+    from orpheus_tts.model.model_spec import VOICES
+    from orpheus_tts.speech import audio_codes, prompts, snac_decoder
 
     assert exposure.SAMPLE_RATE == snac_decoder.SAMPLE_RATE
     assert exposure.SAMPLES_PER_FRAME == snac_decoder.SAMPLES_PER_FRAME

@@ -123,9 +123,9 @@ def test_latest_attempt_decides_and_stale_jobs_go() -> None:
 
 
 def test_every_build_exit_code_has_a_reason() -> None:
-    """The contract with runtime/orpheus_tts/build_engine.py: each exit code it documents maps to a reason here."""
+    """The contract with build/build_engine.py: each exit code it documents maps to a reason here."""
     from orpheus_operator.buildstate import EXIT_REASONS
-    from orpheus_tts import build_engine
+    from orpheus_tts.build import build_engine
 
     codes = {v for k, v in vars(build_engine).items() if k.startswith("EXIT_") and isinstance(v, int) and v != 0}
     assert codes and codes <= set(EXIT_REASONS), sorted(codes - set(EXIT_REASONS))

@@ -132,8 +132,8 @@ def test_build_progress_is_reported() -> None:
 
 
 def test_progress_line_is_what_build_engine_prints(capsys) -> None:
-    """The contract with runtime/orpheus_tts/build_engine.py: its Reporter's progress lines parse here."""
-    from orpheus_tts.build_engine import Reporter
+    """The contract with runtime/orpheus_tts/build/build_engine.py: its Reporter's progress lines parse here."""
+    from orpheus_tts.build.build_engine import Reporter
 
     Reporter(None, None).phase("download", 0.35, "model.safetensors 1.2 of 3.4 GB")
     progress = buildstate.parse_progress(capsys.readouterr().err)

@@ -13,6 +13,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
     Read-only by convention: tests that modify a model directory copy it first.
     """
-    from orpheus_tts.tiny_model import make_tiny_model
+    from orpheus_tts.model.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", seed=0)

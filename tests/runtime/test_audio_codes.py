@@ -1,4 +1,4 @@
-from orpheus_tts.audio_codes import FrameAssembler, frame_to_ids, frames_from_ids, snac_codes
+from orpheus_tts.speech.audio_codes import FrameAssembler, frame_to_ids, frames_from_ids, snac_codes
 
 OFF = 128266
 F1 = (1, 2, 3, 4, 5, 6, 7)

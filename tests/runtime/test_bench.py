@@ -4,7 +4,7 @@ import json
 import pytest
 from test_server import make_fast_model_dir, running_server, server_cfg, ws_url
 
-from orpheus_tts.bench import main, playback, run_bench
+from orpheus_tts.tools.bench import main, playback, run_bench
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from trtllm_double.install import installed
 
-from orpheus_tts import build_engine as be
-from orpheus_tts import manifest as mf
+from orpheus_tts.build import build_engine as be
+from orpheus_tts.build import manifest as mf
 
 FAKE_TOKEN = "hf_FAKEtokenNEVERprintMEabc123"
 
@@ -207,7 +207,7 @@ def test_tiny_random_build(pvc):
         "snac/pytorch_model.bin",
     } <= files
     assert not any(f.startswith("tiny-src") for f in files)
-    from orpheus_tts.model_spec import load_model_spec
+    from orpheus_tts.model.model_spec import load_model_spec
 
     assert load_model_spec(out / "model").end_of_speech == 128258  # the model dir is still a valid model
     tensors = load_file(out / "model" / "model.safetensors")
@@ -217,8 +217,8 @@ def test_tiny_random_build(pvc):
 async def test_tiny_random_build_is_servable_by_the_loader(pvc):
     """End to end: what build-engine writes is what loader.py + the torch engine serve."""
     from orpheus_tts.config import RuntimeConfig
-    from orpheus_tts.engine import GenerationRequest, SamplingParams
-    from orpheus_tts.loader import load_engine
+    from orpheus_tts.engine.interface import GenerationRequest, SamplingParams
+    from orpheus_tts.serve.loader import load_engine
 
     out = pvc / "servable"
     assert be.main(_args("tiny-random", out), environ={}) == 0
@@ -294,7 +294,7 @@ def test_build_from_the_hub_cache_links_blobs_and_records_the_commit(model_dir, 
 
 KILLABLE = """
 import pathlib, sys, time
-from orpheus_tts import build_engine
+from orpheus_tts.build import build_engine
 real = build_engine.fetch_snac
 def slow(*args, **kwargs):
     real(*args, **kwargs)

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from orpheus_tts import calibration
-from orpheus_tts.loader import load_tokenizer
-from orpheus_tts.model_spec import load_model_spec
+from orpheus_tts.build import calibration
+from orpheus_tts.model.model_spec import load_model_spec
+from orpheus_tts.serve.loader import load_tokenizer
 
 
 def test_text_maps_back_to_every_kind_of_id(tiny_model_dir):

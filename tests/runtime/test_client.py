@@ -4,8 +4,8 @@ import socket
 import pytest
 from test_server import FRAME_BYTES, make_fast_model_dir, running_server, server_cfg, ws_url
 
-from orpheus_tts.client import TtsError, say_main, synthesize, warmup_main
-from orpheus_tts.wav import read_wav_info, wav_header, write_wav
+from orpheus_tts.speech.wav import read_wav_info, wav_header, write_wav
+from orpheus_tts.tools.client import TtsError, say_main, synthesize, warmup_main
 
 
 @pytest.fixture(scope="module")

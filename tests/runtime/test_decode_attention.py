@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from orpheus_tts.decode_attention import decode_attention, decode_attention_reference, quantize_kv
+from orpheus_tts.model.decode_attention import decode_attention, decode_attention_reference, quantize_kv
 
 
 def make_case(batch, slots, q_heads, kv_heads, max_seq, head_dim, seed):

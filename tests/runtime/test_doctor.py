@@ -11,12 +11,12 @@ import sys
 import pytest
 from trtllm_double.install import DOUBLE, installed
 
-from orpheus_tts import build_engine as be
-from orpheus_tts import doctor
-from orpheus_tts import manifest as mf
+from orpheus_tts.build import build_engine as be
+from orpheus_tts.build import doctor
+from orpheus_tts.build import manifest as mf
+from orpheus_tts.build.doctor import Facts
 from orpheus_tts.config import RuntimeConfig
-from orpheus_tts.doctor import Facts
-from orpheus_tts.loader import LoadError, load_engine
+from orpheus_tts.serve.loader import LoadError, load_engine
 
 TOOLS = {"tensorrt_llm": "1.2.1", "tensorrt": "10.14.1.48"}
 LIBNVINFER = "libnvinfer.so.10: cannot open shared object file: No such file or directory"

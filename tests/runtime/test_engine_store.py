@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from orpheus_tts import engine_store
-from orpheus_tts import manifest as mf
+from orpheus_tts.build import engine_store
+from orpheus_tts.build import manifest as mf
 
 
 def make_engine(root: pathlib.Path, name: str = "abc123") -> mf.Manifest:

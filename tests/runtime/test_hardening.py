@@ -28,12 +28,21 @@ from test_server import (
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from orpheus_tts.client import say_main
 from orpheus_tts.config import ConfigError, RuntimeConfig, allocator_tuned_by_env, client_api_key, from_env
 from orpheus_tts.memory import tune_malloc
-from orpheus_tts.server import STATE, Cancel, Problem, Speak, key_matches, load_json, parse_message, parse_speech_body
-from orpheus_tts.synthesizer import SAMPLING_FIELDS, SynthesisError, sampling_params
-from orpheus_tts.wav import read_wav_info
+from orpheus_tts.serve.server import (
+    STATE,
+    Cancel,
+    Problem,
+    Speak,
+    key_matches,
+    load_json,
+    parse_message,
+    parse_speech_body,
+)
+from orpheus_tts.speech.synthesizer import SAMPLING_FIELDS, SynthesisError, sampling_params
+from orpheus_tts.speech.wav import read_wav_info
+from orpheus_tts.tools.client import say_main
 
 DEEP = "[" * 60_000  # deeper than any recursion limit, smaller than the 64 KiB message limit
 

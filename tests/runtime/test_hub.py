@@ -10,8 +10,8 @@ import urllib.parse
 
 import pytest
 
-from orpheus_tts import hub
-from orpheus_tts.hub import HubError, classify, resolve_model, snapshot_commit
+from orpheus_tts.build import hub
+from orpheus_tts.build.hub import HubError, classify, resolve_model, snapshot_commit
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "hf_SecretTokenValue123"

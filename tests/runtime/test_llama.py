@@ -4,9 +4,9 @@ import shutil
 import pytest
 import torch
 
-from orpheus_tts.decode_attention import decode_attention_reference
-from orpheus_tts.llama import load_transformer
-from orpheus_tts.model_spec import load_model_spec
+from orpheus_tts.model.decode_attention import decode_attention_reference
+from orpheus_tts.model.llama import load_transformer
+from orpheus_tts.model.model_spec import load_model_spec
 
 PROMPTS = [[128259, 128000, 83, 64, 25, 467, 475, 128009, 128260, 128261, 128257],
            [128259, 128000, 500, 501, 128009, 128260, 128261, 128257],
@@ -107,7 +107,7 @@ def test_int8_weight_only_checkpoint(tiny_model_dir, spec, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from orpheus_tts.build_engine import quantize_model_dir_int8
+    from orpheus_tts.build.build_engine import quantize_model_dir_int8
 
     q_dir, dq_dir = tmp_path / "int8", tmp_path / "dequant"
     for d in (q_dir, dq_dir):
@@ -139,9 +139,9 @@ def test_int8_weight_only_checkpoint(tiny_model_dir, spec, tmp_path):
 def test_compiled_ops_generate_the_same_tokens(tiny_model_dir):
     """What the engine runs on CUDA (torch.compile'd LayerOps and sampler, dynamic shapes, fullgraph): here
     on the CPU, prefill and decode at several batch sizes give the eager path's tokens."""
-    from orpheus_tts.llama import LayerOps
-    from orpheus_tts.sampling import SlotParams, SlotSampler, output_rows
-    from orpheus_tts.step_graphs import DeviceState, decode_step, prefill_step
+    from orpheus_tts.engine.sampling import SlotParams, SlotSampler, output_rows
+    from orpheus_tts.engine.step_graphs import DeviceState, decode_step, prefill_step
+    from orpheus_tts.model.llama import LayerOps
 
     spec = load_model_spec(tiny_model_dir)
     model = load_transformer(tiny_model_dir, spec.shape, torch.device("cpu"), torch.float32)

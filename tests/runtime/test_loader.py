@@ -3,13 +3,13 @@ import shutil
 
 import pytest
 
-from orpheus_tts import manifest
+from orpheus_tts.build import manifest
+from orpheus_tts.build.manifest import Environment, Manifest
 from orpheus_tts.config import RuntimeConfig
-from orpheus_tts.engine import GenerationRequest, SamplingParams
-from orpheus_tts.loader import LoadError, load_engine
-from orpheus_tts.manifest import Environment, Manifest
-from orpheus_tts.prompts import build_prompts
-from orpheus_tts.torch_engine import TorchEngine
+from orpheus_tts.engine.interface import GenerationRequest, SamplingParams
+from orpheus_tts.engine.torch_engine import TorchEngine
+from orpheus_tts.serve.loader import LoadError, load_engine
+from orpheus_tts.speech.prompts import build_prompts
 
 
 def _cfg(**kw) -> RuntimeConfig:
@@ -63,7 +63,7 @@ async def test_torch_engine_dir(tiny_model_dir, tmp_path):
 
 
 def test_trtllm_engine_dir(tiny_model_dir, tmp_path, monkeypatch):
-    from orpheus_tts.trtllm_engine import TrtllmEngine
+    from orpheus_tts.engine.trtllm_engine import TrtllmEngine
 
     tools = {"tensorrt_llm": "1.2.1", "tensorrt": "10.14.1"}
     root = _engine_dir(tmp_path / "engine", tiny_model_dir, "trtllm", tools=tools, gpu_agnostic=False,
@@ -100,7 +100,7 @@ def test_errors(tiny_model_dir, tmp_path):
 
 async def test_engine_dir_from_build_engine(tmp_path):
     """What `orpheus-tts build-engine --backend torch` writes (int8 weights) loads and generates."""
-    from orpheus_tts import build_engine
+    from orpheus_tts.build import build_engine
 
     out = tmp_path / "eng"
     argv = ["--backend", "torch", "--model", "tiny-random", "--out", str(out), "--weight-quantization", "int8",

@@ -3,8 +3,8 @@ import pathlib
 
 import pytest
 
-from orpheus_tts import manifest
-from orpheus_tts.manifest import Environment, Manifest, ManifestError
+from orpheus_tts.build import manifest
+from orpheus_tts.build.manifest import Environment, Manifest, ManifestError
 
 
 def _trtllm_manifest(**kw) -> Manifest:

@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-from orpheus_tts.model_spec import (
+from orpheus_tts.model.model_spec import (
     LlamaShape,
     ModelSpec,
     ModelSpecError,

@@ -12,7 +12,12 @@ import websockets
 from test_server import FRAME_BYTES, make_fast_model_dir, read_answer, running_server, server_cfg, speak, ws_url
 
 from orpheus_tts.config import from_env
-from orpheus_tts.server import BEARER_SUBPROTOCOL_PREFIX, WS_SUBPROTOCOL, key_from_subprotocols, offered_subprotocols
+from orpheus_tts.serve.server import (
+    BEARER_SUBPROTOCOL_PREFIX,
+    WS_SUBPROTOCOL,
+    key_from_subprotocols,
+    offered_subprotocols,
+)
 
 KEY = "pl4yground-k3y/with+odd=chars"
 

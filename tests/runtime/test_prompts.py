@@ -3,8 +3,8 @@ import pathlib
 import pytest
 from tokenizers import Tokenizer
 
-from orpheus_tts.model_spec import ModelSpec
-from orpheus_tts.prompts import PromptError, build_prompts, chunk_text, normalise, split_sentences
+from orpheus_tts.model.model_spec import ModelSpec
+from orpheus_tts.speech.prompts import PromptError, build_prompts, chunk_text, normalise, split_sentences
 
 SPEC = ModelSpec()
 HEAD = [128259, 128000]

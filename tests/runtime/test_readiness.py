@@ -1,4 +1,4 @@
-"""The load-aware readiness policy (runtime/orpheus_tts/readiness.py): hysteresis, no flapping, drain wins."""
+"""The load-aware readiness policy (runtime/orpheus_tts/serve/readiness.py): hysteresis, no flapping, drain wins."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orpheus_tts.readiness import LoadReadiness, Watermarks, readiness_status, watermarks
+from orpheus_tts.serve.readiness import LoadReadiness, Watermarks, readiness_status, watermarks
 
 
 def test_default_watermarks_follow_the_stream_limit() -> None:

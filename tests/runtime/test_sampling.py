@@ -1,7 +1,6 @@
 import torch
 
-from orpheus_tts.model_spec import ModelSpec
-from orpheus_tts.sampling import (
+from orpheus_tts.engine.sampling import (
     SlotParams,
     SlotSampler,
     apply_repetition_penalty,
@@ -10,6 +9,7 @@ from orpheus_tts.sampling import (
     sample_from_logits,
     top_p_filter,
 )
+from orpheus_tts.model.model_spec import ModelSpec
 
 SPEC = ModelSpec()
 N_ROWS = SPEC.audio_rows + len(SPEC.stop_ids)

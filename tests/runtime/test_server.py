@@ -23,12 +23,12 @@ import pytest
 import torch
 from aiohttp.test_utils import TestServer
 
-from orpheus_tts.audio_codes import frames_from_ids
 from orpheus_tts.config import RuntimeConfig
-from orpheus_tts.engine import EngineError
-from orpheus_tts.loader import load_engine
-from orpheus_tts.server import STATE, create_app, parse_message, parse_speech_body, runner_options
-from orpheus_tts.snac_decoder import SAMPLES_PER_FRAME, SnacModel, disable_noise, to_pcm16
+from orpheus_tts.engine.interface import EngineError
+from orpheus_tts.serve.loader import load_engine
+from orpheus_tts.serve.server import STATE, create_app, parse_message, parse_speech_body, runner_options
+from orpheus_tts.speech.audio_codes import frames_from_ids
+from orpheus_tts.speech.snac_decoder import SAMPLES_PER_FRAME, SnacModel, disable_noise, to_pcm16
 
 END = b"__END__"
 FRAME_BYTES = SAMPLES_PER_FRAME * 2
@@ -39,7 +39,7 @@ def make_fast_model_dir(tiny: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     width costs ~0.2 s per window on a shared CPU core, too slow for tests with many streams."""
     from snac import SNAC
 
-    from orpheus_tts.tiny_model import SNAC_24KHZ_CONFIG
+    from orpheus_tts.model.tiny_model import SNAC_24KHZ_CONFIG
 
     shutil.copytree(tiny, out)
     config = {**SNAC_24KHZ_CONFIG, "decoder_dim": 64}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from orpheus_tts.snac_batcher import BatcherClosed, SnacBatcher
+from orpheus_tts.speech.snac_batcher import BatcherClosed, SnacBatcher
 
 
 class Recorder:
@@ -125,8 +125,8 @@ async def test_closed_batcher_refuses():
 async def test_real_snac_batched_equals_unbatched():
     from snac import SNAC
 
-    from orpheus_tts.snac_decoder import SnacModel, StreamWindows, disable_noise
-    from orpheus_tts.tiny_model import SNAC_24KHZ_CONFIG
+    from orpheus_tts.model.tiny_model import SNAC_24KHZ_CONFIG
+    from orpheus_tts.speech.snac_decoder import SnacModel, StreamWindows, disable_noise
 
     torch.manual_seed(0)
     # A narrow decoder (same rates, so same frame/sample layout) keeps this fast on CPU.

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from orpheus_tts.snac_decoder import (
+from orpheus_tts.speech.snac_decoder import (
     LEFT_CONTEXT,
     MAX_EMIT,
     RIGHT_CONTEXT,
@@ -93,7 +93,7 @@ def test_min_emit_holds_frames_back_until_final():
 def snac_model():
     from snac import SNAC
 
-    from orpheus_tts.tiny_model import SNAC_24KHZ_CONFIG
+    from orpheus_tts.model.tiny_model import SNAC_24KHZ_CONFIG
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -146,7 +146,7 @@ def test_load_snac_from_local_dir(tiny_model_dir):
 
 def test_load_snac_missing_dir_is_a_load_error(tmp_path):
     from orpheus_tts.config import RuntimeConfig
-    from orpheus_tts.loader import LoadError
+    from orpheus_tts.serve.loader import LoadError
 
     with pytest.raises(LoadError, match="SNAC decoder"):
         load_snac(str(tmp_path / "nope"), RuntimeConfig(snac_device="cpu"))
@@ -156,8 +156,8 @@ def test_folded_weights_and_plain_snake_are_the_same_function():
     """Folded weight_norm and the plain Snake (what the compiled decoder runs) compute what SNAC computes."""
     from snac import SNAC
 
-    from orpheus_tts.snac_decoder import fold_weight_norm, plain_snake
-    from orpheus_tts.tiny_model import SNAC_24KHZ_CONFIG
+    from orpheus_tts.model.tiny_model import SNAC_24KHZ_CONFIG
+    from orpheus_tts.speech.snac_decoder import fold_weight_norm, plain_snake
 
     torch.manual_seed(1)
     shipped = disable_noise(SNAC(**SNAC_24KHZ_CONFIG)).eval()

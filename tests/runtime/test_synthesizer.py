@@ -8,13 +8,13 @@ import torch
 from test_server import RecordingEngine
 from tokenizers import Tokenizer
 
-from orpheus_tts.audio_codes import frame_to_ids, frames_from_ids
 from orpheus_tts.config import RuntimeConfig
-from orpheus_tts.engine import EngineError, EngineLoad, SamplingParams
-from orpheus_tts.model_spec import load_model_spec
-from orpheus_tts.snac_batcher import SnacBatcher
-from orpheus_tts.snac_decoder import MAX_EMIT, SAMPLES_PER_FRAME, SnacModel, disable_noise, to_pcm16
-from orpheus_tts.synthesizer import (
+from orpheus_tts.engine.interface import EngineError, EngineLoad, SamplingParams
+from orpheus_tts.model.model_spec import load_model_spec
+from orpheus_tts.speech.audio_codes import frame_to_ids, frames_from_ids
+from orpheus_tts.speech.snac_batcher import SnacBatcher
+from orpheus_tts.speech.snac_decoder import MAX_EMIT, SAMPLES_PER_FRAME, SnacModel, disable_noise, to_pcm16
+from orpheus_tts.speech.synthesizer import (
     FRAMES_PER_S,
     PLAYING_MIN_EMIT,
     SynthesisError,
@@ -209,7 +209,7 @@ async def test_real_tiny_model_streamed_equals_offline(make_synth, tiny_model_di
     """The whole path on the tiny model: engine ids -> frames -> streamed windows == one offline decode."""
     from snac import SNAC
 
-    from orpheus_tts.torch_engine import TorchEngine
+    from orpheus_tts.engine.torch_engine import TorchEngine
 
     _, spec = tokenizer_and_spec
     cfg = RuntimeConfig(device="cpu", max_input_len=20, max_output_len=64, max_batch_size=2, cuda_graphs=False)

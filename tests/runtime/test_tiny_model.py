@@ -6,8 +6,8 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from orpheus_tts import cli
-from orpheus_tts.model_spec import ModelSpec, load_model_spec
-from orpheus_tts.tiny_model import SNAC_24KHZ_CONFIG, make_tiny_model
+from orpheus_tts.model.model_spec import ModelSpec, load_model_spec
+from orpheus_tts.model.tiny_model import SNAC_24KHZ_CONFIG, make_tiny_model
 
 
 def test_layout(tiny_model_dir: pathlib.Path):

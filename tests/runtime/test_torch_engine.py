@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from orpheus_tts.config import RuntimeConfig
-from orpheus_tts.engine import EngineError, GenerationRequest, SamplingParams
-from orpheus_tts.graph_buckets import batch_buckets
-from orpheus_tts.model_spec import load_model_spec
-from orpheus_tts.step_graphs import DecodeGraphs, PrefillGraphs
-from orpheus_tts.torch_engine import TorchEngine
+from orpheus_tts.engine.graph_buckets import batch_buckets
+from orpheus_tts.engine.interface import EngineError, GenerationRequest, SamplingParams
+from orpheus_tts.engine.step_graphs import DecodeGraphs, PrefillGraphs
+from orpheus_tts.engine.torch_engine import TorchEngine
+from orpheus_tts.model.model_spec import load_model_spec
 
 PROMPTS = [[128259, 128000, 83, 64, 25, 467, 475, 128009, 128260, 128261, 128257],
            [128259, 128000, 500, 501, 128009, 128260, 128261, 128257],

@@ -15,9 +15,9 @@ import pytest
 from trtllm_double.install import drop_modules, installed
 
 from orpheus_tts.config import RuntimeConfig
-from orpheus_tts.engine import EngineError, GenerationRequest, SamplingParams
-from orpheus_tts.model_spec import ModelSpec
-from orpheus_tts.trtllm_engine import TrtllmEngine, kv_cache_tokens, take
+from orpheus_tts.engine.interface import EngineError, GenerationRequest, SamplingParams
+from orpheus_tts.engine.trtllm_engine import TrtllmEngine, kv_cache_tokens, take
+from orpheus_tts.model.model_spec import ModelSpec
 
 EOS = 128258
 END_OF_AI = 128262
@@ -119,7 +119,7 @@ async def test_start_without_tensorrt_llm_is_an_engine_error(engine_dir, monkeyp
 
 
 async def test_limits_above_the_built_engine_are_refused_at_start(api, engine_dir):
-    from orpheus_tts import manifest
+    from orpheus_tts.build import manifest
 
     built = manifest.Manifest(
         backend="trtllm",

@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestServer
 from test_server import END, fast_model_dir, server_cfg, speak, ws_url  # noqa: F401 -- fixture shared
 from trtllm_double.install import installed
 
-from orpheus_tts import manifest as mf
-from orpheus_tts.server import create_app
+from orpheus_tts.build import manifest as mf
+from orpheus_tts.serve.server import create_app
 
 A = 128266
 

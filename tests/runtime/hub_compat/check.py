@@ -12,7 +12,7 @@ import sys
 import huggingface_hub
 from huggingface_hub import errors
 
-from orpheus_tts import hub
+from orpheus_tts.build import hub
 
 cache, unreachable = sys.argv[1], sys.argv[2]
 kinds: dict[str, str] = {"version": huggingface_hub.__version__}

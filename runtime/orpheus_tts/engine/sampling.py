@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from orpheus_tts.model_spec import ModelSpec
+from orpheus_tts.model.model_spec import ModelSpec
 
 _MASK32 = 0xFFFFFFFF
 _HASH_MUL = 0x45D9F3B  # small enough that int64 products never overflow (x < 2^32, product < 2^59)

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from orpheus_tts.graph_buckets import batch_buckets
-from orpheus_tts.llama import Transformer
-from orpheus_tts.sampling import SlotSampler
+from orpheus_tts.engine.graph_buckets import batch_buckets
+from orpheus_tts.engine.sampling import SlotSampler
+from orpheus_tts.model.llama import Transformer
 
 
 @dataclass

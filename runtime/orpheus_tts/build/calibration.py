@@ -119,11 +119,11 @@ def write_rows(
 async def generate(model_dir: pathlib.Path, rows: int, max_tokens: int, seed: int, cfg: Any) -> list[list[int]]:
     """Prompt + sampled audio codes for `rows` prompts, from the torch engine (the reference sampler:
     per-position codebook constraint, stops only at frame boundaries)."""
-    from orpheus_tts.engine import GenerationRequest, SamplingParams
-    from orpheus_tts.loader import load_tokenizer
-    from orpheus_tts.model_spec import load_model_spec
-    from orpheus_tts.prompts import prompt_ids
-    from orpheus_tts.torch_engine import TorchEngine
+    from orpheus_tts.engine.interface import GenerationRequest, SamplingParams
+    from orpheus_tts.engine.torch_engine import TorchEngine
+    from orpheus_tts.model.model_spec import load_model_spec
+    from orpheus_tts.serve.loader import load_tokenizer
+    from orpheus_tts.speech.prompts import prompt_ids
 
     spec = load_model_spec(model_dir)
     tokenizer = load_tokenizer(model_dir)
@@ -155,7 +155,7 @@ def make_calibration(model_dir: pathlib.Path, out: pathlib.Path, *, rows: int = 
                      source: str | None = None) -> pathlib.Path:  # fmt: skip
     """Generates and writes a calibration directory; returns it. `cfg` is a RuntimeConfig (device, batch)."""
     from orpheus_tts.config import RuntimeConfig
-    from orpheus_tts.loader import load_tokenizer
+    from orpheus_tts.serve.loader import load_tokenizer
 
     cfg = cfg or RuntimeConfig(max_batch_size=min(rows, 32))
     max_tokens = max_tokens or cfg.max_output_len
@@ -184,7 +184,8 @@ def _release_gpu_memory() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orpheus_tts import config, hub
+    from orpheus_tts import config
+    from orpheus_tts.build import hub
 
     p = argparse.ArgumentParser(prog="orpheus-tts make-calibration", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="local HF model directory or hub repo id")

@@ -22,9 +22,16 @@ from typing import Any
 
 import aiohttp
 
-from orpheus_tts import client
-from orpheus_tts.client import DEFAULT_URL, TtsError, auth_headers, build_message, sampling_flags, utterance_chunks
-from orpheus_tts.wav import SAMPLE_RATE
+from orpheus_tts.speech.wav import SAMPLE_RATE
+from orpheus_tts.tools import client
+from orpheus_tts.tools.client import (
+    DEFAULT_URL,
+    TtsError,
+    auth_headers,
+    build_message,
+    sampling_flags,
+    utterance_chunks,
+)
 
 BYTES_PER_SECOND = SAMPLE_RATE * 2
 JITTER_BUFFER_S = 0.1  # a player that starts 100 ms after the first byte (the benchmark rule of issue #17)

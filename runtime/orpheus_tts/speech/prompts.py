@@ -16,7 +16,7 @@ import unicodedata
 from collections.abc import Callable
 from typing import Protocol
 
-from orpheus_tts.model_spec import INLINE_TAGS, ModelSpec
+from orpheus_tts.model.model_spec import INLINE_TAGS, ModelSpec
 
 
 class PromptError(ValueError):

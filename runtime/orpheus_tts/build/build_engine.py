@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from orpheus_tts import manifest as mf
+from orpheus_tts.build import manifest as mf
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -285,7 +285,7 @@ def build_lock(out: pathlib.Path, wait: bool) -> Iterator[None]:
 def check_trtllm_preconditions(o: BuildOptions) -> tuple[str, str]:
     """`orpheus-tts doctor`'s checks (10 TensorRT-LLM missing or not loadable, 6 no GPU, 7 GPU too old),
     then this build's quantization on this GPU (7), before anything is downloaded. Returns (name, arch)."""
-    from orpheus_tts import doctor
+    from orpheus_tts.build import doctor
 
     problem = doctor.preflight("trtllm")
     if problem is not None:
@@ -329,7 +329,7 @@ def calibration_source(o: BuildOptions) -> str | None:
 
 
 def default_calibration_dir(o: BuildOptions) -> pathlib.Path:
-    from orpheus_tts import calibration
+    from orpheus_tts.build import calibration
 
     key = calibration.default_key(o.model, o.revision, o.calib_rows, o.max_output_len)
     return o.out.parent / CALIBRATION_DIR / key
@@ -372,7 +372,7 @@ def already_built(o: BuildOptions, plan: mf.Manifest) -> bool:
 def resolve(repo: str, revision: str | None, o: BuildOptions, patterns: list[str]) -> pathlib.Path:
     if pathlib.Path(repo).is_dir():
         return pathlib.Path(repo).absolute()  # a local directory: no hub, no token
-    from orpheus_tts import hub
+    from orpheus_tts.build import hub
 
     # The hub cache lives next to the engines (same volume): files are hard-linked from it instead of
     # copied, and a rebuild with other settings does not download again.
@@ -419,7 +419,7 @@ def copy_matching(src: pathlib.Path, dst: pathlib.Path, patterns: list[str]) -> 
 
 
 def write_tiny_model(dest: pathlib.Path) -> None:
-    from orpheus_tts import tiny_model
+    from orpheus_tts.model import tiny_model
 
     tiny_model.make_tiny_model(dest, seed=0)  # with its own (random) SNAC in dest/snac
 
@@ -507,7 +507,7 @@ def ensure_calibration(o: BuildOptions, src: pathlib.Path, report: Reporter) -> 
     """The local calibration directory: --calib-dir, or the default one, generated now if missing."""
     if o.calib_dir is not None:
         return o.calib_dir
-    from orpheus_tts import calibration
+    from orpheus_tts.build import calibration
     from orpheus_tts.config import RuntimeConfig
 
     directory = default_calibration_dir(o)
@@ -525,7 +525,7 @@ def ensure_calibration(o: BuildOptions, src: pathlib.Path, report: Reporter) -> 
 
 def stage_calibration(rows: list[str], tmp: pathlib.Path) -> pathlib.Path:
     """The rows in the layout both of the library's calibration readers accept (STAGED_CALIBRATION)."""
-    from orpheus_tts import calibration
+    from orpheus_tts.build import calibration
 
     staged = tmp / STAGED_CALIBRATION
     calibration.write_rows(staged, rows, {"staged_for": "tensorrt_llm"}, files=("train.jsonl", "validation.jsonl"))
@@ -549,7 +549,7 @@ def build_trtllm(o: BuildOptions, src: pathlib.Path, tmp: pathlib.Path, report: 
     if needs_calibration(o) and o.calib_dataset is not None:
         calib = CalibConfig(calib_dataset=o.calib_dataset)
     elif needs_calibration(o):
-        from orpheus_tts import calibration
+        from orpheus_tts.build import calibration
 
         directory = ensure_calibration(o, src, report)
         try:
@@ -603,7 +603,7 @@ def build_trtllm(o: BuildOptions, src: pathlib.Path, tmp: pathlib.Path, report: 
 
 
 def _network_failure(exc: BaseException) -> bool:
-    from orpheus_tts import hub
+    from orpheus_tts.build import hub
 
     seen: BaseException | None = exc
     while seen is not None:

@@ -23,7 +23,7 @@ import time
 import urllib.parse
 import urllib.request
 
-from orpheus_tts import manifest as mf
+from orpheus_tts.build import manifest as mf
 
 CHUNK = 1 << 20
 

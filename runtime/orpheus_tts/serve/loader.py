@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer
 
 from orpheus_tts.config import RuntimeConfig
-from orpheus_tts.engine import Engine
-from orpheus_tts.model_spec import ModelSpec, ModelSpecError, load_model_spec
+from orpheus_tts.engine.interface import Engine
+from orpheus_tts.model.model_spec import ModelSpec, ModelSpecError, load_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,11 @@ def _snac_source(root: pathlib.Path, fallback: str) -> str:
 
 
 def load_from_engine_dir(cfg: RuntimeConfig) -> LoadedModel:
-    from orpheus_tts.manifest import ManifestError, load_for_serving
+    from orpheus_tts.build.manifest import ManifestError, load_for_serving
 
     root = pathlib.Path(cfg.engine_dir)
     if (root / "engine").is_dir():  # a TensorRT engine: do its libraries load here? (orpheus-tts doctor)
-        from orpheus_tts.doctor import library_problem
+        from orpheus_tts.build.doctor import library_problem
 
         if (problem := library_problem()) is not None:
             raise LoadError(problem.message)
@@ -82,11 +82,11 @@ def load_from_engine_dir(cfg: RuntimeConfig) -> LoadedModel:
     desc = (f"{manifest.backend} engine {root} ({source}, weights {manifest.weight_quantization}, "
             f"kv {manifest.kv_cache_dtype})")  # fmt: skip
     if manifest.backend == "torch":
-        from orpheus_tts.torch_engine import TorchEngine
+        from orpheus_tts.engine.torch_engine import TorchEngine
 
         engine: Engine = TorchEngine(model_dir, cfg, spec)
     elif manifest.backend == "trtllm":
-        from orpheus_tts.trtllm_engine import TrtllmEngine
+        from orpheus_tts.engine.trtllm_engine import TrtllmEngine
 
         engine = TrtllmEngine(root, cfg, spec)
     else:  # load_for_serving refuses unknown backends; this guards against a future one slipping through
@@ -95,7 +95,7 @@ def load_from_engine_dir(cfg: RuntimeConfig) -> LoadedModel:
 
 
 def load_from_model(cfg: RuntimeConfig) -> LoadedModel:
-    from orpheus_tts.hub import HubError, resolve_model, snapshot_commit
+    from orpheus_tts.build.hub import HubError, resolve_model, snapshot_commit
 
     if cfg.backend != "torch":
         raise LoadError(f"backend {cfg.backend!r} serves built engines only: set TRTLLM_ENGINE_DIR "
@@ -105,7 +105,7 @@ def load_from_model(cfg: RuntimeConfig) -> LoadedModel:
     except HubError as e:
         raise LoadError(str(e)) from e
     spec, tokenizer = _spec(model_dir), load_tokenizer(model_dir)
-    from orpheus_tts.torch_engine import TorchEngine
+    from orpheus_tts.engine.torch_engine import TorchEngine
 
     commit = snapshot_commit(model_dir)
     desc = f"torch engine, model {cfg.model}" + (f"@{commit[:12]}" if commit else "")

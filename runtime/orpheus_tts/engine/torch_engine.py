@@ -29,11 +29,18 @@ import torch
 
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.devices import pick_device
-from orpheus_tts.engine import EngineError, EngineLoad, EngineStats, GenerationRequest
-from orpheus_tts.llama import load_transformer
-from orpheus_tts.model_spec import ModelSpec
-from orpheus_tts.sampling import SlotParams, SlotSampler, output_rows
-from orpheus_tts.step_graphs import DecodeGraphs, DeviceState, PrefillGraphs, decode_step, prefill_step, right_padded
+from orpheus_tts.engine.interface import EngineError, EngineLoad, EngineStats, GenerationRequest
+from orpheus_tts.engine.sampling import SlotParams, SlotSampler, output_rows
+from orpheus_tts.engine.step_graphs import (
+    DecodeGraphs,
+    DeviceState,
+    PrefillGraphs,
+    decode_step,
+    prefill_step,
+    right_padded,
+)
+from orpheus_tts.model.llama import load_transformer
+from orpheus_tts.model.model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from orpheus_tts import manifest
+from orpheus_tts.build import manifest
 from orpheus_tts.config import RuntimeConfig
-from orpheus_tts.engine import EngineError, EngineLoad, EngineStats, GenerationRequest, SamplingParams
+from orpheus_tts.engine.interface import EngineError, EngineLoad, EngineStats, GenerationRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 

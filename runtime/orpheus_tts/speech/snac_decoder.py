@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
-from orpheus_tts.audio_codes import Frame, snac_codes
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.devices import pick_device
-from orpheus_tts.graph_buckets import batch_buckets
+from orpheus_tts.engine.graph_buckets import batch_buckets
+from orpheus_tts.speech.audio_codes import Frame, snac_codes
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +239,8 @@ def load_snac(source: str, cfg: RuntimeConfig) -> SnacModel:
     """SNAC from a local directory (config.json + pytorch_model.bin) or a hub repo id."""
     from snac import SNAC
 
-    from orpheus_tts.hub import HubError, resolve_model
-    from orpheus_tts.loader import LoadError
+    from orpheus_tts.build.hub import HubError, resolve_model
+    from orpheus_tts.serve.loader import LoadError
 
     try:
         path = resolve_model(source, None, cfg.hf_token, allow_patterns=SNAC_FILES, offline=cfg.hf_offline)

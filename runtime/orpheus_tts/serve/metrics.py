@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from orpheus_tts.engine import Engine
+from orpheus_tts.engine.interface import Engine
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

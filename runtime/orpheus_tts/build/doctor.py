@@ -22,8 +22,8 @@ import pathlib
 import sys
 from dataclasses import dataclass, field
 
-from orpheus_tts import manifest as mf
-from orpheus_tts.build_engine import (  # the exit codes' one home
+from orpheus_tts.build import manifest as mf
+from orpheus_tts.build.build_engine import (  # the exit codes' one home
     EXIT_ENGINE_MISMATCH,
     EXIT_GPU_UNSUPPORTED,
     EXIT_NO_GPU,

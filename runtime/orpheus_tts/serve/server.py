@@ -45,16 +45,16 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractAccessLogger
 
 from orpheus_tts.config import ConfigError, RuntimeConfig, add_cli_flags, from_args
-from orpheus_tts.engine import EngineError
-from orpheus_tts.loader import LoadedModel, LoadError
-from orpheus_tts.metrics import CONTENT_TYPE, Metrics
-from orpheus_tts.openai_compat import DEFAULT_FORMAT, FORMATS, StreamEncoder, resolve_voice
-from orpheus_tts.playground import add_playground_routes
-from orpheus_tts.readiness import LoadReadiness, watermarks  # issue #12
-from orpheus_tts.snac_batcher import SnacBatcher
-from orpheus_tts.snac_decoder import SnacModel
-from orpheus_tts.synthesizer import SAMPLING_FIELDS, SynthesisError, Synthesizer, sampling_params
-from orpheus_tts.wav import SAMPLE_RATE, wav_header
+from orpheus_tts.engine.interface import EngineError
+from orpheus_tts.serve.loader import LoadedModel, LoadError
+from orpheus_tts.serve.metrics import CONTENT_TYPE, Metrics
+from orpheus_tts.serve.openai_compat import DEFAULT_FORMAT, FORMATS, StreamEncoder, resolve_voice
+from orpheus_tts.serve.playground import add_playground_routes
+from orpheus_tts.serve.readiness import LoadReadiness, watermarks  # issue #12
+from orpheus_tts.speech.snac_batcher import SnacBatcher
+from orpheus_tts.speech.snac_decoder import SnacModel
+from orpheus_tts.speech.synthesizer import SAMPLING_FIELDS, SynthesisError, Synthesizer, sampling_params
+from orpheus_tts.speech.wav import SAMPLE_RATE, wav_header
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,8 @@ LAG_TASK = web.AppKey("loop_lag_task", asyncio.Task)
 
 async def start_model(state: ServerState, loaded: LoadedModel | None, snac: SnacModel | None) -> None:
     """Loads (if not given) and warms up the engine and SNAC, then marks the server ready."""
-    from orpheus_tts.loader import load_engine
-    from orpheus_tts.snac_decoder import load_snac
+    from orpheus_tts.serve.loader import load_engine
+    from orpheus_tts.speech.snac_decoder import load_snac
 
     cfg = state.cfg
     if loaded is None:

@@ -22,14 +22,14 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from orpheus_tts.audio_codes import FrameAssembler
 from orpheus_tts.config import RuntimeConfig
-from orpheus_tts.engine import Engine, EngineError, GenerationRequest, SamplingParams
-from orpheus_tts.metrics import Metrics
-from orpheus_tts.model_spec import ModelSpec
-from orpheus_tts.prompts import PromptError, Tokenizer, build_prompts
-from orpheus_tts.snac_batcher import SnacBatcher
-from orpheus_tts.snac_decoder import MAX_EMIT, SAMPLE_RATE, SAMPLES_PER_FRAME, StreamWindows, Window
+from orpheus_tts.engine.interface import Engine, EngineError, GenerationRequest, SamplingParams
+from orpheus_tts.model.model_spec import ModelSpec
+from orpheus_tts.serve.metrics import Metrics
+from orpheus_tts.speech.audio_codes import FrameAssembler
+from orpheus_tts.speech.prompts import PromptError, Tokenizer, build_prompts
+from orpheus_tts.speech.snac_batcher import SnacBatcher
+from orpheus_tts.speech.snac_decoder import MAX_EMIT, SAMPLE_RATE, SAMPLES_PER_FRAME, StreamWindows, Window
 
 SAMPLING_FIELDS = ("temperature", "top_p", "repetition_penalty", "max_tokens", "min_tokens", "seed")
 FRAMES_PER_S = SAMPLE_RATE / SAMPLES_PER_FRAME

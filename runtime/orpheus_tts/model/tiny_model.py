@@ -14,7 +14,7 @@ import pathlib
 
 import torch
 
-from orpheus_tts.model_spec import INLINE_TAGS, ORPHEUS_JSON, ModelSpec, spec_to_orpheus_json
+from orpheus_tts.model.model_spec import INLINE_TAGS, ORPHEUS_JSON, ModelSpec, spec_to_orpheus_json
 
 # The real SNAC 24 kHz config (hubertsiuzdak/snac_24khz), so decoding code sees real shapes and rates.
 SNAC_24KHZ_CONFIG = {

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from orpheus_tts.config import client_api_key
-from orpheus_tts.wav import SAMPLE_RATE, write_wav
+from orpheus_tts.speech.wav import SAMPLE_RATE, write_wav
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws/tts"
 END_OF_UTTERANCE = b"__END__"

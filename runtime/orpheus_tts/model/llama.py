@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orpheus_tts.model_spec import LlamaShape, RopeScaling
+from orpheus_tts.model.model_spec import LlamaShape, RopeScaling
 
 
 def rope_inv_freq(shape: LlamaShape) -> torch.Tensor:
@@ -248,7 +248,7 @@ class Transformer(nn.Module):
         cos, sin = self.cos[positions][:, None, None], self.sin[positions][:, None, None]
         lengths = positions + 1
         if self.attention == "triton":
-            from orpheus_tts.decode_attention import decode_attention
+            from orpheus_tts.model.decode_attention import decode_attention
         else:
             max_seq = self.k_cache.shape[3]
             mask = (torch.arange(max_seq, device=tokens.device)[None] < lengths[:, None])[:, None, None]

@@ -1,0 +1,1 @@
+"""Clients of a running server: `say`, `warmup` and `bench`."""
