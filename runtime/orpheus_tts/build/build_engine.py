@@ -32,7 +32,6 @@ import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from orpheus_tts.build import manifest as mf
 
@@ -424,53 +423,6 @@ def write_tiny_model(dest: pathlib.Path) -> None:
     tiny_model.make_tiny_model(dest, seed=0)  # with its own (random) SNAC in dest/snac
 
 
-# ---- int8 weight-only quantization (torch backend) --------------------------------------------------
-
-# Llama projection matrices; embeddings (tied with lm_head) and norms stay in their original dtype.
-INT8_SUFFIXES = tuple(f"{p}_proj.weight" for p in ("q", "k", "v", "o", "gate", "up", "down"))
-
-
-def quantize_int8(weight: Any) -> tuple[Any, Any]:
-    """Symmetric per-output-channel int8: w ~= qweight * scales[:, None]; scales in bf16.
-
-    q is computed against the bf16-rounded scale, so dequantisation with the stored scale is exact
-    up to the int8 rounding."""
-    import torch
-
-    w = weight.float()
-    scales = (w.abs().amax(dim=1).clamp(min=1e-8) / 127.0).to(torch.bfloat16)
-    q = torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scales
-
-
-def quantize_model_dir_int8(model_dir: pathlib.Path) -> None:
-    """Rewrites every *.safetensors shard in place: `<m>.weight` -> `<m>.qweight` + `<m>.scales`."""
-    from safetensors.torch import load_file, save_file
-
-    index_path = model_dir / "model.safetensors.index.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else None
-    for shard in sorted(model_dir.glob("*.safetensors")):
-        tensors = load_file(shard)
-        out = {}
-        for name, t in tensors.items():
-            if name.endswith(INT8_SUFFIXES) and t.ndim == 2:
-                base = name.removesuffix(".weight")
-                out[f"{base}.qweight"], out[f"{base}.scales"] = quantize_int8(t)
-            else:
-                out[name] = t
-        shard.unlink()  # may be a hard link into the hub cache: never write through it
-        save_file(out, shard, metadata={"format": "pt", "orpheus_quantization": "int8_weight_only"})
-        if index is not None:
-            for name in tensors:
-                if name.endswith(INT8_SUFFIXES) and name in index["weight_map"]:
-                    base = name.removesuffix(".weight")
-                    file = index["weight_map"].pop(name)
-                    index["weight_map"][f"{base}.qweight"] = index["weight_map"][f"{base}.scales"] = file
-    if index is not None:
-        index_path.unlink()
-        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
 # ---- the builds --------------------------------------------------------------------------------------
 
 
@@ -500,6 +452,8 @@ def build_torch(o: BuildOptions, src: pathlib.Path, tmp: pathlib.Path, report: R
         raise BuildError(f"{o.model} has no *.safetensors weights")
     if o.weight_quantization == "int8":
         report.phase("quantizing", 0.6, "int8 weight-only quantization of the projection matrices")
+        from orpheus_tts.model.int8_weights import quantize_model_dir_int8  # the format's one home (imports torch)
+
         quantize_model_dir_int8(tmp / "model")
 
 
