@@ -41,6 +41,11 @@ class RuntimeConfig:
     engine_high_priority: bool = True  # torch engine: decode on a high-priority CUDA stream (SNAC has its own)
     torch_compile: bool = True  # torch engine and SNAC: fused kernels via torch.compile; CUDA only
     decode_attention: str = "auto"  # torch engine: "auto" (triton on CUDA, sdpa on CPU) | "sdpa" | "triton"
+    # torch engine, issue #17 levers (model/kv_quant.py, model/llama.py): the KV cache's storage, "auto" (the
+    # model dtype) | "int8" (per-token scales; any GPU) | "fp8" (e4m3; Hopper/Ada); the layers' projections,
+    # "auto" | "fp8" (torch._scaled_mm, Hopper/Ada).
+    kv_cache_dtype: str = "auto"
+    linear_dtype: str = "auto"
 
     # Audio.
     snac_max_batch: int = 64
@@ -108,6 +113,8 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_TORCH_COMPILE": "torch_compile",
     "ORPHEUS_ENGINE_HIGH_PRIORITY": "engine_high_priority",
     "ORPHEUS_DECODE_ATTENTION": "decode_attention",
+    "ORPHEUS_KV_CACHE_DTYPE": "kv_cache_dtype",
+    "ORPHEUS_LINEAR_DTYPE": "linear_dtype",
     "ORPHEUS_SNAC_DEVICE": "snac_device",
     "ORPHEUS_SNAC_CUDA_GRAPHS": "snac_cuda_graphs",
     "ORPHEUS_TEMPERATURE": "temperature",
@@ -167,6 +174,10 @@ def validate(cfg: RuntimeConfig) -> RuntimeConfig:
             raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)}")
     if not 0.0 < cfg.kv_free_gpu_frac <= 1.0:
         raise ConfigError(f"kv_free_gpu_frac must be in (0, 1], got {cfg.kv_free_gpu_frac}")
+    if cfg.kv_cache_dtype not in ("auto", "int8", "fp8"):
+        raise ConfigError(f"kv_cache_dtype must be auto, int8 or fp8, not {cfg.kv_cache_dtype!r}")
+    if cfg.linear_dtype not in ("auto", "fp8"):
+        raise ConfigError(f"linear_dtype must be auto or fp8, not {cfg.linear_dtype!r}")
     if cfg.snac_batch_timeout_ms < 0:
         raise ConfigError("snac_batch_timeout_ms must be >= 0")
     if cfg.ws_idle_timeout_s < 0:
