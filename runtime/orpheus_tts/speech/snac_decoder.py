@@ -12,7 +12,7 @@ import torch
 
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.devices import pick_device
-from orpheus_tts.engine.graph_buckets import batch_buckets
+from orpheus_tts.engine.cuda_graphs import GraphSet, batch_buckets, bucket_for
 from orpheus_tts.speech.audio_codes import Frame, snac_codes
 from orpheus_tts.speech.windows import SAMPLES_PER_FRAME, WINDOW_FRAMES, Window
 
@@ -102,8 +102,9 @@ class SnacModel:
         # Powers of two only: SNAC batches are small and a graph per size is cheap.
         self.buckets = batch_buckets(max_batch, step=max_batch)
         self.use_graphs = cuda_graphs and device.type == "cuda"
-        # (frames, bucket) -> (graph, static codes per level, static audio out)
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+        # Captured on SNAC's stream, after two warm-up calls (compilation, cuDNN/cuBLAS kernel choice).
+        self.graphs: GraphSet[tuple[int, int]] = GraphSet(self.stream, warmup_runs=2)  # (frames, bucket)
+        self.graph_inputs: dict[tuple[int, int], list[torch.Tensor]] = {}  # static codes per level
 
     def codes_tensors(self, batch: list[tuple[Frame, ...]]) -> list[torch.Tensor]:
         """Equal-length frame sequences -> SNAC's three code tensors (B, n), (B, 2n), (B, 4n), on the CPU."""
@@ -115,28 +116,22 @@ class SnacModel:
         """Equal-length frame sequences -> float audio (B, n * 2048) in [-1, 1], on the device."""
         codes = self.codes_tensors(batch)
         n_frames, b = len(batch[0]), len(batch)
-        bucket = next((size for size in self.buckets if size >= b), None)
-        if not self.use_graphs or bucket is None:
+        if not self.use_graphs or b > self.buckets[-1]:
             return self._decode([c.to(self.device) for c in codes])[:, 0]
-        graph, inputs, out = self.graphs.get((n_frames, bucket)) or self._capture(n_frames, bucket)
-        for static, c in zip(inputs, codes, strict=True):
+        bucket = bucket_for(self.buckets, b)
+        key = (n_frames, bucket)
+        if key not in self.graphs:
+            self._capture(key)
+        for static, c in zip(self.graph_inputs[key], codes, strict=True):
             static[:b].copy_(c, non_blocking=True)
             static[b:].copy_(c[:1].expand(bucket - b, -1), non_blocking=True)  # padding rows: any valid codes
-        graph.replay()
-        return out[:b]
+        return self.graphs.replay(key)[:b]
 
-    def _capture(self, n_frames: int, bucket: int):
+    def _capture(self, key: tuple[int, int]) -> None:
+        n_frames, bucket = key
         inputs = [torch.zeros((bucket, n_frames * k), dtype=torch.long, device=self.device) for k in (1, 2, 4)]
-        self.stream.synchronize()
-        for _ in range(2):  # warm-up outside capture: compilation, cuDNN/cuBLAS kernel choice
-            self._decode(inputs)
-        self.stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        pool = next(iter(self.graphs.values()))[0].pool() if self.graphs else None
-        with torch.cuda.graph(graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
-            out = self._decode(inputs)[:, 0]
-        self.graphs[(n_frames, bucket)] = (graph, inputs, out)
-        return self.graphs[(n_frames, bucket)]
+        self.graph_inputs[key] = inputs
+        self.graphs.capture(key, lambda: self._decode(inputs)[:, 0])
 
     def decode_windows(self, windows: list[Window]) -> list[bytes]:
         """One model call for windows of one shape -> each window's kept audio as s16le bytes."""
