@@ -38,7 +38,11 @@ import ramp
 from lever_check import LEVERS as MODEL_LEVERS
 
 # Levers that are not model numerics (no GPU correctness check applies; their logic is tested in CI).
-OTHER_LEVERS: dict[str, dict[str, str]] = {}
+OTHER_LEVERS: dict[str, dict[str, str]] = {
+    "snac-deadline": {"ORPHEUS_SNAC_ORDER": "deadline"},
+    "emit-paced": {"ORPHEUS_EMIT_POLICY": "paced"},
+    "snac-deadline+emit-paced": {"ORPHEUS_SNAC_ORDER": "deadline", "ORPHEUS_EMIT_POLICY": "paced"},
+}
 LEVERS = {**MODEL_LEVERS, **OTHER_LEVERS}
 DEFAULT_LEVERS = "kv-fp8+linear-fp8,kv-int8,linear-fp8,kv-fp8"
 TOKENS_PER_SECOND_REALTIME = 82.03

@@ -52,6 +52,11 @@ class RuntimeConfig:
     snac_batch_timeout_ms: float = 0.0  # 0: decode whatever is queued as soon as the decoder is free
     snac_device: str = "auto"
     snac_cuda_graphs: bool = True  # one CUDA graph per (window length, batch bucket); CUDA only
+    # issue #17 levers (speech/snac_batcher.py, speech/windows.py): SNAC queue order, "shape" (first come
+    # first served, shortest windows first) | "deadline" (the listener with the least audio left first);
+    # when a window goes out, "frames" (wait for 2..4 frames) | "paced" (by the listener's buffered audio).
+    snac_order: str = "shape"
+    emit_policy: str = "frames"
 
     # Default sampling (a request may override each).
     temperature: float = 0.6
@@ -117,6 +122,8 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_LINEAR_DTYPE": "linear_dtype",
     "ORPHEUS_SNAC_DEVICE": "snac_device",
     "ORPHEUS_SNAC_CUDA_GRAPHS": "snac_cuda_graphs",
+    "ORPHEUS_SNAC_ORDER": "snac_order",
+    "ORPHEUS_EMIT_POLICY": "emit_policy",
     "ORPHEUS_TEMPERATURE": "temperature",
     "ORPHEUS_TOP_P": "top_p",
     "ORPHEUS_REPETITION_PENALTY": "repetition_penalty",
@@ -178,6 +185,10 @@ def validate(cfg: RuntimeConfig) -> RuntimeConfig:
         raise ConfigError(f"kv_cache_dtype must be auto, int8 or fp8, not {cfg.kv_cache_dtype!r}")
     if cfg.linear_dtype not in ("auto", "fp8"):
         raise ConfigError(f"linear_dtype must be auto or fp8, not {cfg.linear_dtype!r}")
+    if cfg.snac_order not in ("shape", "deadline"):
+        raise ConfigError(f"snac_order must be shape or deadline, not {cfg.snac_order!r}")
+    if cfg.emit_policy not in ("frames", "paced"):
+        raise ConfigError(f"emit_policy must be frames or paced, not {cfg.emit_policy!r}")
     if cfg.snac_batch_timeout_ms < 0:
         raise ConfigError("snac_batch_timeout_ms must be >= 0")
     if cfg.ws_idle_timeout_s < 0:

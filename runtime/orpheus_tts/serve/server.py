@@ -231,7 +231,8 @@ async def start_model(state: ServerState, loaded: LoadedModel | None, snac: Snac
         snac = await asyncio.to_thread(load_snac, loaded.snac_source, cfg)
     await asyncio.to_thread(snac.warm_up)
     state.batcher = SnacBatcher(snac.decode_windows, lambda w: w.n_frames, cfg.snac_max_batch,
-                                cfg.snac_batch_timeout_ms, on_call=state.metrics.snac_batch_size.observe)  # fmt: skip
+                                cfg.snac_batch_timeout_ms, on_call=state.metrics.snac_batch_size.observe,
+                                order=cfg.snac_order)  # fmt: skip
     state.batcher.start()
     state.synth = Synthesizer(loaded.engine, loaded.spec, loaded.tokenizer, state.batcher, cfg, state.metrics)
     state.metrics.track_engine(loaded.engine)
