@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
-import triton.language as tl
+import triton  # type: ignore[import-untyped]
+import triton.language as tl  # type: ignore[import-untyped]
 
 from orpheus_tts.model.kv_quant import quantize_kv  # noqa: F401  (re-exported: tests, benchmarks)
 
@@ -140,14 +140,15 @@ def decode_attention(
     quantized = k_cache.dtype == torch.int8
     if quantized and (k_scale is None or v_scale is None):
         raise ValueError("an int8 cache needs k_scale and v_scale")
+    # Any tensor where the kernel reads no scales (not QUANTIZED).
+    ks = k_scale if k_scale is not None and quantized else lengths
+    vs = v_scale if v_scale is not None and quantized else lengths
     splits = num_splits or pick_num_splits(batch, kv_heads, max_seq, block_n=block_n)
     chunk = math.ceil(math.ceil(max_seq / splits) / block_n) * block_n
     mid_o = torch.empty((batch, q_heads, splits, head_dim), dtype=torch.float32, device=q.device)
     mid_lse = torch.empty((batch, q_heads, splits), dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
-    ks = k_scale if quantized else lengths  # any tensor: never read when not QUANTIZED
-    vs = v_scale if quantized else lengths
-    stride_ss, stride_sh = (k_scale.stride(0), k_scale.stride(1)) if quantized else (0, 0)
+    stride_ss, stride_sh = (ks.stride(0), ks.stride(1)) if quantized else (0, 0)
     _split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, ks, vs, slot_idx, lengths, mid_o, mid_lse,
         q.stride(0), q.stride(1),
@@ -186,6 +187,8 @@ def decode_attention_reference(
     k = k_cache[slot_idx].float()  # int8 and fp8 as their values
     v = v_cache[slot_idx].float()
     if k_cache.dtype == torch.int8:
+        if k_scale is None or v_scale is None:
+            raise ValueError("an int8 cache needs k_scale and v_scale")
         k = k * k_scale[slot_idx].float().unsqueeze(-1)
         v = v * v_scale[slot_idx].float().unsqueeze(-1)
     group = q_heads // kv_heads

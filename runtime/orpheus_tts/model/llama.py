@@ -16,6 +16,7 @@ import math
 import pathlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +120,9 @@ class Fp8Linear(nn.Module):
     CPU the same numbers are emulated in fp32 (tests). Halves the weight bytes a decode step streams and
     doubles the tensor-core rate of the prefill GEMMs."""
 
+    weight_t: torch.Tensor
+    scales: torch.Tensor
+
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         qweight, scales = quantize_fp8_rows(weight)
@@ -145,9 +149,9 @@ def quantize_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def use_fp8_linears(model: nn.Module) -> None:
+def use_fp8_linears(model: Transformer) -> None:
     """Replaces every projection of every layer (not the embedding or output layer) by an Fp8Linear."""
-    for block in model.layers:
+    for block in model.blocks():
         for name in ("wqkv", "wo", "w13", "w2"):
             setattr(block, name, Fp8Linear(getattr(block, name).weight))
 
@@ -239,12 +243,24 @@ class Transformer(nn.Module):
 
     def logits(self, normed: torch.Tensor) -> torch.Tensor:
         """Output-layer logits `[..., rows]` of final-normed hidden states."""
+        if self.out_weight is None:
+            raise RuntimeError("setup_caches() first")
         return F.linear(normed, self.out_weight)
+
+    def caches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V `[layers, slots, kv_heads, max_seq, head_dim]`."""
+        if self.k_cache is None or self.v_cache is None:
+            raise RuntimeError("setup_caches() first")
+        return self.k_cache, self.v_cache
+
+    def blocks(self) -> list[Block]:
+        return [cast(Block, layer) for layer in self.layers]
 
     def write_kv(self, i: int, slots: torch.Tensor, pos: torch.Tensor | slice, k: torch.Tensor,
                  v: torch.Tensor) -> None:  # fmt: skip
         """Stores layer i's K/V at `[slots, :, pos]` of the cache, quantised as the cache is."""
-        for cache, scale, x in ((self.k_cache, self.k_scale, k), (self.v_cache, self.v_scale, v)):
+        k_cache, v_cache = self.caches()
+        for cache, scale, x in ((k_cache, self.k_scale, k), (v_cache, self.v_scale, v)):
             if scale is not None:
                 cache[i, slots, :, pos], scale[i, slots, :, pos] = kv_quant.quantize_kv(x)
             elif cache.dtype == kv_quant.FP8:
@@ -258,7 +274,8 @@ class Transformer(nn.Module):
         def one(cache: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
             return kv_quant.dequantize(cache[i, slots], None if scale is None else scale[i, slots], dtype)
 
-        return one(self.k_cache, self.k_scale), one(self.v_cache, self.v_scale)
+        k_cache, v_cache = self.caches()
+        return one(k_cache, self.k_scale), one(v_cache, self.v_scale)
 
     def compile_ops(self) -> None:
         """Fused elementwise kernels (torch.compile, CUDA); compiled at first use, i.e. during warm-up."""
@@ -271,7 +288,7 @@ class Transformer(nn.Module):
         The residual add of each sub-layer is fused into the next norm (`add_rms_norm`), as vLLM does."""
         ops, eps = self.ops, self.shape.rms_norm_eps
         h, delta = x, None
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.blocks()):
             if delta is None:
                 normed = ops.rms_norm(h, layer.attention_norm.weight, eps)
             else:
@@ -305,19 +322,21 @@ class Transformer(nn.Module):
         Static shapes and no host syncs, so the call can be captured in a CUDA graph. Returns `[B, rows]`."""
         cos, sin = self.cos[positions][:, None, None], self.sin[positions][:, None, None]
         lengths = positions + 1
+        k_cache, v_cache = self.caches()
         if self.attention == "triton":
             from orpheus_tts.model.decode_attention import decode_attention
         else:
-            max_seq = self.k_cache.shape[3]
+            max_seq = k_cache.shape[3]
             mask = (torch.arange(max_seq, device=tokens.device)[None] < lengths[:, None])[:, None, None]
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             q, k = self.ops.rope(q, k, cos, sin)
             self.write_kv(i, slots, positions, k[:, :, 0], v[:, :, 0])
             if self.attention == "triton":
-                scales = {} if self.k_scale is None else {"k_scale": self.k_scale[i], "v_scale": self.v_scale[i]}
-                return decode_attention(q[:, :, 0], self.k_cache[i], self.v_cache[i], slots, lengths,
-                                        **scales)[:, :, None]  # fmt: skip
+                k_scale = None if self.k_scale is None else self.k_scale[i]
+                v_scale = None if self.v_scale is None else self.v_scale[i]
+                return decode_attention(q[:, :, 0], k_cache[i], v_cache[i], slots, lengths, k_scale=k_scale,
+                                        v_scale=v_scale)[:, :, None]  # fmt: skip
             # Reads each slot's whole cache row; the Triton kernel reads only the valid prefix.
             k_all, v_all = self.read_kv_rows(i, slots, q.dtype)
             return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=True)

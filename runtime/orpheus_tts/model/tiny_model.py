@@ -177,7 +177,7 @@ def tokenizer_config() -> dict:
 
 
 def write_snac(out: pathlib.Path, seed: int) -> None:
-    import snac
+    import snac  # type: ignore[import-untyped]
 
     out.mkdir(parents=True, exist_ok=True)
     # SNAC initialises from the global RNG: fork it so that callers' random state is left alone.
