@@ -264,7 +264,9 @@ class Transformer(nn.Module):
             if scale is not None:
                 cache[i, slots, :, pos], scale[i, slots, :, pos] = kv_quant.quantize_kv(x)
             elif cache.dtype == kv_quant.FP8:
-                cache[i, slots, :, pos] = kv_quant.to_fp8(x)
+                # Through a byte view: indexed writes are implemented for every integer type on every
+                # device, not for every float8 type.
+                cache.view(torch.uint8)[i, slots, :, pos] = kv_quant.to_fp8(x).view(torch.uint8)
             else:
                 cache[i, slots, :, pos] = x
 
