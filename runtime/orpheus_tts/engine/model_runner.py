@@ -13,7 +13,7 @@ import logging
 import pathlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic
 
 import torch
 
@@ -21,7 +21,7 @@ from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.devices import pick_device
 from orpheus_tts.engine.interface import EngineError
 from orpheus_tts.engine.sampling import SlotParams, SlotSampler, output_rows
-from orpheus_tts.engine.scheduler import Batch, Request
+from orpheus_tts.engine.scheduler import Batch, R
 from orpheus_tts.engine.step_graphs import (
     DecodeGraphs,
     DeviceState,
@@ -49,13 +49,13 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
 
 
 @dataclass
-class StepOutput:
+class StepOutput(Generic[R]):
     """A step's new ids (one per request that ran), the requests that failed, and the GPU time of its prefill
     and decode (CUDA events; 0 on CPU)."""
 
-    requests: list[Request]
+    requests: list[R]
     ids: list[int]
-    failed: list[tuple[Request, EngineError]]
+    failed: list[tuple[R, EngineError]]
     prefill_gpu_s: float = 0.0
     decode_gpu_s: float = 0.0
 
@@ -148,14 +148,14 @@ class ModelRunner:
 
     # -- a step ---------------------------------------------------------------------------------------------
 
-    def run(self, batch: Batch[Any]) -> StepOutput:
+    def run(self, batch: Batch[R]) -> StepOutput[R]:
         """Prefills `batch.prefill` into their slots and decodes one token for `batch.decode`, then ONE
         device->host copy of all the new ids. A failure fails its requests only (see `failed`)."""
         for r in batch.prefill:  # the admitted requests' settings into their new slots
             p = r.params
             self.sampler.reset(r.slot, SlotParams(p.temperature, p.top_p, p.repetition_penalty, p.min_tokens, r.seed))
-        results: list[tuple[list[Request], torch.Tensor]] = []
-        failed: list[tuple[Request, EngineError]] = []
+        results: list[tuple[list[R], torch.Tensor]] = []
+        failed: list[tuple[R, EngineError]] = []
         self._mark(0)
         if batch.prefill:
             results += self._prefill(batch.prefill, failed)
@@ -167,7 +167,7 @@ class ModelRunner:
                 log.exception("decode step failed")
                 failed += [(r, EngineError(f"decode failed: {type(e).__name__}: {e}", "engine")) for r in batch.decode]
         self._mark(2)
-        out = StepOutput([], [], failed)
+        out: StepOutput[R] = StepOutput([], [], failed)
         if results:
             # The one host sync of the step, for every slot at once.
             out.ids = torch.cat([ids for _, ids in results]).tolist()
@@ -182,8 +182,7 @@ class ModelRunner:
         if self._events is not None:
             self._events[i].record()
 
-    def _prefill(self, reqs: list[Request],
-                 failed: list[tuple[Request, EngineError]]) -> list[tuple[list[Request], torch.Tensor]]:  # fmt: skip
+    def _prefill(self, reqs: list[R], failed: list[tuple[R, EngineError]]) -> list[tuple[list[R], torch.Tensor]]:
         try:
             return [(reqs, self.prefill([r.prompt for r in reqs], [r.slot for r in reqs]))]
         except Exception as e:

@@ -140,9 +140,9 @@ class TrtllmEngine:
         """Imports TensorRT-LLM and loads the engine: tens of seconds of blocking work (CUDA context,
         engine deserialisation, KV pool), so `start` runs it on a worker thread."""
         try:
-            from tensorrt_llm._tensorrt_engine import LLM
-            from tensorrt_llm.llmapi import KvCacheConfig
-            from tensorrt_llm.llmapi import SamplingParams as TrtSamplingParams
+            from tensorrt_llm._tensorrt_engine import LLM  # type: ignore[import-not-found]
+            from tensorrt_llm.llmapi import KvCacheConfig  # type: ignore[import-not-found]
+            from tensorrt_llm.llmapi import SamplingParams as TrtSamplingParams  # type: ignore[import-not-found]
         except ImportError as e:
             raise EngineError(f"TensorRT-LLM is not installed ({e}); use the TensorRT-LLM image", "startup") from e
         model_dir = self._dir / "model"
