@@ -12,7 +12,9 @@ In order, each part only if the time left covers its estimate (else recorded as 
    benchmarks/results/2026-12-01-h200-ramp-baseline.json), then 256, 320, 400;
 3. benchmarks/lever_check.py: each model lever's agreement with the default on the GPU (and its bare decode
    step); a lever that fails it is not timed;
-4. each lever (`--levers`, in order) as its own server with its environment, at `--lever-levels`;
+4. each lever (`--levers`, in order) as its own server with its environment, at `--lever-levels`
+   (levers without a model part, the SNAC order and the emit policy, at 1,160,192,224 where the baseline
+   has its gaps); a lever whose model part failed the check is not timed;
 5. benchmarks/peer_hf.py, the naive HF peer, if `--peer-min-s` are left.
 
 Files under --out: session.json (everything, rewritten after every level), ramp-<name>.json per server
@@ -37,14 +39,36 @@ from dataclasses import dataclass, field
 import ramp
 from lever_check import LEVERS as MODEL_LEVERS
 
-# Levers that are not model numerics (no GPU correctness check applies; their logic is tested in CI).
+# Levers that are not model numerics (no GPU correctness check applies; their logic is tested in CI), and
+# the combination aimed at issue #17's goal. A lever's model part (if any) must pass lever_check.py.
+GAP_LEVERS = {"ORPHEUS_SNAC_ORDER": "deadline", "ORPHEUS_EMIT_POLICY": "paced"}
 OTHER_LEVERS: dict[str, dict[str, str]] = {
     "snac-deadline": {"ORPHEUS_SNAC_ORDER": "deadline"},
     "emit-paced": {"ORPHEUS_EMIT_POLICY": "paced"},
-    "snac-deadline+emit-paced": {"ORPHEUS_SNAC_ORDER": "deadline", "ORPHEUS_EMIT_POLICY": "paced"},
+    "snac-deadline+emit-paced": GAP_LEVERS,
+    "kv-fp8+linear-fp8+snac-deadline+emit-paced": {**MODEL_LEVERS["kv-fp8+linear-fp8"], **GAP_LEVERS},
+    "kv-int8+snac-deadline+emit-paced": {**MODEL_LEVERS["kv-int8"], **GAP_LEVERS},
 }
 LEVERS = {**MODEL_LEVERS, **OTHER_LEVERS}
-DEFAULT_LEVERS = "kv-fp8+linear-fp8,kv-int8,linear-fp8,kv-fp8"
+# The gap levers alone change nothing about throughput: they are measured where the baseline's gaps are.
+GAP_ONLY_LEVELS = "1,160,192,224"
+DEFAULT_LEVERS = ("kv-fp8+linear-fp8,kv-fp8+linear-fp8+snac-deadline+emit-paced,kv-int8,snac-deadline+emit-paced,"
+                  "linear-fp8,kv-fp8")  # fmt: skip
+
+
+def model_part(env: dict[str, str]) -> str | None:
+    """The lever_check.py lever whose environment is `env`'s model settings (None: no model lever)."""
+    wanted = {k: v for k, v in env.items() if k in ("ORPHEUS_KV_CACHE_DTYPE", "ORPHEUS_LINEAR_DTYPE")}
+    if not wanted:
+        return None
+    return next((name for name, e in MODEL_LEVERS.items() if e == wanted), None)
+
+
+def lever_levels(name: str, default: str) -> list[int]:
+    model_free = model_part(LEVERS[name]) is None
+    return parse_levels(GAP_ONLY_LEVELS if model_free else default)
+
+
 TOKENS_PER_SECOND_REALTIME = 82.03
 STOP_MARGIN_S = 12.0  # stopping a server and writing its results
 
@@ -137,7 +161,8 @@ class Session:
 
     def lever_check(self, names: list[str]) -> dict:
         """Runs lever_check.py on the model levers among `names`; its JSON (possibly partial) or {}."""
-        model_levers = [n for n in names if n in MODEL_LEVERS]
+        model_levers = sorted({m for m in map(model_part, (LEVERS[n] for n in names)) if m is not None},
+                              key=list(MODEL_LEVERS).index)  # fmt: skip
         path = self.out / "lever_check.json"
         part: dict = {"levers": model_levers}
         if not model_levers:
@@ -207,8 +232,9 @@ class Session:
         checked = check.get("levers", {})
         for name in names:
             extra: dict = {}
-            if name in MODEL_LEVERS:
-                entry = checked.get(name)
+            model = model_part(LEVERS[name])
+            if model is not None:
+                entry = checked.get(model)
                 if entry is None:
                     extra["unchecked"] = "lever_check.py has no result for it (skipped, crashed or timed out)"
                 elif not entry.get("ok"):
@@ -216,7 +242,7 @@ class Session:
                     self.record(f"lever-{name}", {"server_env": LEVERS[name], "skipped": "failed the GPU check",
                                                   "check": check_entry})  # fmt: skip
                     continue
-            self.server(f"lever-{name}", LEVERS[name], parse_levels(self.args.lever_levels), extra)
+            self.server(f"lever-{name}", LEVERS[name], lever_levels(name, self.args.lever_levels), extra)
 
     def peer(self) -> None:
         part: dict = {}
@@ -239,6 +265,7 @@ def run_logged(cmd: list[str], log_path: pathlib.Path, timeout_s: float) -> dict
     t0 = time.monotonic()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        rc: int | str
         try:
             rc = proc.wait(timeout=max(1.0, timeout_s))
         except subprocess.TimeoutExpired:
@@ -291,7 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shape", default="orpheus-3b", help="make-tiny-model shape; 'tiny' for a CPU dry run")
     ap.add_argument("--device", default="cuda", help="lever_check.py's device; 'cpu' for a dry run")
     ap.add_argument("--baseline-levels", default="1,64,192,256,320,400")
-    ap.add_argument("--lever-levels", default="1,256,320,400")
+    ap.add_argument("--lever-levels", default="1,256,320,400",
+                    help=f"levels of levers with a model part (gap levers alone: {GAP_ONLY_LEVELS})")  # fmt: skip
     ap.add_argument("--levers", default=DEFAULT_LEVERS, help=f"in order, from: {', '.join(LEVERS)}")
     ap.add_argument("--tokens", type=int, default=600)
     ap.add_argument("--arrival-s", type=float, default=2.0)

@@ -7,6 +7,7 @@ Loads the random 3.3B Orpheus-shaped model once (bf16), and for each lever:
   default itself (the same bf16 model through SDPA instead of the Triton kernel);
 - the decode step of the bare model (no sampling, ops not compiled) replayed from a CUDA graph at
   `--time-batch` slots with contexts around 340, in ms: the lever's effect on the step without the server;
+- at the end, the attention kernel alone per cache dtype (bf16, int8, fp8) and tile length (64, 128);
 - `ok`: finite logits, relative error < 0.25 and argmax agreement >= 0.5. A broken lever (wrong scales,
   garbage cache) gives errors near 1.4 (uncorrelated logits); quantisation noise is well below 0.25.
 A lever that raises is recorded as failed and the next one runs. The JSON is rewritten after each lever.
@@ -68,9 +69,9 @@ def _time_decode(model: Transformer, batch: int, max_seq: int, device: torch.dev
     slots = torch.arange(batch, device=device)
     positions = torch.randint(1, min(max_seq - 1, 680), (batch,), device=device, generator=g)
     if device.type != "cuda":
-        start = time.perf_counter()
+        t0 = time.perf_counter()
         model.decode(tokens, slots, positions)
-        return 1000 * (time.perf_counter() - start)
+        return 1000 * (time.perf_counter() - t0)
     with torch.inference_mode():
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -91,6 +92,30 @@ def _time_decode(model: Transformer, batch: int, max_seq: int, device: torch.dev
         torch.cuda.synchronize()
     del graph
     return start.elapsed_time(end) / 20
+
+
+def attention_ms(batch: int, block_ns: list[int], device: torch.device) -> dict:
+    """The decode-attention kernel alone at the Orpheus shape (28 layers' worth, ms per step), per cache
+    dtype and tile length, contexts 1..680 (mean ~340): whether the 1-byte caches are bandwidth-bound."""
+    from triton.testing import do_bench
+
+    from orpheus_tts.model.decode_attention import decode_attention
+    from orpheus_tts.model.kv_quant import quantize_kv, to_fp8
+
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(batch, 24, 128, device=device, dtype=torch.bfloat16, generator=g)
+    k = torch.randn(batch, 8, 1072, 128, device=device, dtype=torch.bfloat16, generator=g)
+    v = torch.randn(batch, 8, 1072, 128, device=device, dtype=torch.bfloat16, generator=g)
+    slots = torch.arange(batch, device=device, dtype=torch.int32)
+    lengths = torch.randint(1, 681, (batch,), device=device, generator=g).to(torch.int32)
+    (kq, ks), (vq, vs) = quantize_kv(k), quantize_kv(v)
+    caches = {"bf16": (k, v, {}), "int8": (kq, vq, {"k_scale": ks, "v_scale": vs}), "fp8": (to_fp8(k), to_fp8(v), {})}
+    ms: dict[str, float] = {}
+    for name, (kc, vc, scales) in caches.items():
+        for bn in block_ns:
+            fn = lambda: decode_attention(q, kc, vc, slots, lengths, block_n=bn, **scales)  # noqa: B023, E731
+            ms[f"{name}_block{bn}"] = 28 * do_bench(fn, warmup=10, rep=40, return_mode="median")
+    return {"batch": batch, "ms_per_step": ms, "kv_gbytes_per_step_bf16": 28 * int(lengths.sum()) * 8 * 128 * 4 / 1e9}
 
 
 def main() -> None:
@@ -160,6 +185,13 @@ def main() -> None:
         write()
         if cuda:
             torch.cuda.empty_cache()
+    if cuda and args.time_batch:
+        try:
+            result["attention"] = attention_ms(args.time_batch, [64, 128], device)
+        except Exception as e:  # recorded; the levers' results are already written
+            result["attention_error"] = f"{type(e).__name__}: {e}"
+        print(json.dumps({"attention": result.get("attention")}), flush=True)
+        write()
 
 
 if __name__ == "__main__":

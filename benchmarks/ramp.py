@@ -44,7 +44,7 @@ def quantile(values: list[float], q: float) -> float | None:
 def scrape(port: int) -> dict[str, float]:
     """Counters and histogram sums of the server's /metrics that the ramp reports deltas of."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values = {}
+    values: dict[str, float] = {}
     for line in text.splitlines():
         m = re.match(r"^(orpheus_[a-z_]+(?:_sum|_count|_total))(?:\{[^}]*\})? ([0-9.eE+-]+)$", line)
         if m:

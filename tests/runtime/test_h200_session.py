@@ -102,3 +102,14 @@ def test_a_server_that_cannot_start_is_recorded_and_the_session_goes_on(tmp_path
     session.server("broken", {}, [1])
     part = json.loads((tmp_path / "session.json").read_text())["parts"]["broken"]
     assert "exited" in part["error"] and part["verdict_n"] is None
+
+
+def test_each_lever_maps_to_its_checked_model_part_and_its_levels():
+    assert hs.model_part({}) is None
+    assert hs.model_part(hs.LEVERS["snac-deadline+emit-paced"]) is None
+    assert hs.model_part(hs.LEVERS["kv-fp8+linear-fp8+snac-deadline+emit-paced"]) == "kv-fp8+linear-fp8"
+    assert hs.model_part({"ORPHEUS_KV_CACHE_DTYPE": "int8"}) == "kv-int8"
+    # Gap levers alone are measured where the baseline has its gaps, model levers where it runs out.
+    assert hs.lever_levels("emit-paced", "1,256") == hs.parse_levels(hs.GAP_ONLY_LEVELS)
+    assert hs.lever_levels("kv-int8", "1,256") == [1, 256]
+    assert all(n in hs.LEVERS for n in hs.DEFAULT_LEVERS.split(","))
