@@ -121,6 +121,7 @@ class Session:
         self.out = pathlib.Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.budget = Budget(args.budget_s)
+        self.servers_started = 0
         self.result: dict = {"args": vars(args), "parts": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                       time.gmtime())}  # fmt: skip
 
@@ -138,20 +139,17 @@ class Session:
     # -- parts ----------------------------------------------------------------------------------------
 
     def environment(self) -> None:
+        # No CUDA context in this process: the servers and the check get the whole GPU.
         env: dict = {"python": sys.version.split()[0]}
-        try:
-            import torch
-
-            env |= {"torch": torch.__version__, "cuda": torch.version.cuda}
-            if torch.cuda.is_available():
-                env["device"] = torch.cuda.get_device_name(0)
-        except Exception as e:  # torch missing or broken: recorded, the session goes on
-            env["torch_error"] = repr(e)
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-            env["commit"] = commit.stdout.strip() or None
-        except OSError:
-            env["commit"] = None
+        for key, cmd in (("torch", [sys.executable, "-c", "import torch; print(torch.__version__)"]),
+                         ("device", ["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                                     "--format=csv,noheader"]),
+                         ("commit", ["git", "rev-parse", "HEAD"])):  # fmt: skip
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+                env[key] = done.stdout.strip() or None
+            except (OSError, subprocess.TimeoutExpired):
+                env[key] = None
         self.record("environment", env)
 
     def model(self) -> None:
@@ -192,19 +190,21 @@ class Session:
         log_path = self.out / f"server-{name}.log"
         rows: list[dict] = []
         part["levels"] = rows
-        server = ramp.start_server(a.model_dir, a.port, a.capacity, env, str(log_path))
+        port = a.port + self.servers_started  # a fresh port each: no wait on the last server's socket
+        self.servers_started += 1
+        server = ramp.start_server(a.model_dir, port, a.capacity, env, str(log_path))
         try:
             t0 = time.monotonic()
-            wait_ready(a.port, server, timeout_s=min(a.startup_timeout_s, self.budget.left() - STOP_MARGIN_S))
+            wait_ready(port, server, timeout_s=min(a.startup_timeout_s, self.budget.left() - STOP_MARGIN_S))
             part["startup_s"] = time.monotonic() - t0
-            ramp.warm_up(a.port)
+            ramp.measure_level(port, 1, 70, 0.0, timeout_s=60)  # warm-up: first-call costs out of the numbers
             for n in levels:
                 need = level_estimate_s(n, a.tokens, a.arrival_s)
                 if not self.budget.fits(need + STOP_MARGIN_S):
                     part["cut"] = f"levels from {n} on: {self.budget.left():.0f} s left, N={n} needs ~{need:.0f} s"
                     break
                 try:
-                    row = ramp.measure_level(a.port, n, a.tokens, a.arrival_s, self.budget.left() - STOP_MARGIN_S)
+                    row = ramp.measure_level(port, n, a.tokens, a.arrival_s, self.budget.left() - STOP_MARGIN_S)
                 except TimeoutError:
                     rows.append({"n": n, "timed_out": True})
                     part["cut"] = f"N={n} ran past the budget"
