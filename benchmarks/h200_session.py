@@ -173,7 +173,8 @@ class Session:
                    "--device", self.args.device]  # fmt: skip
             if self.args.device == "cpu":
                 cmd += ["--slots", "2", "--steps", "4", "--time-batch", "2"]
-            part |= run_logged(cmd, self.out / "lever_check.log", self.budget.left() - STOP_MARGIN_S)
+            timeout = min(self.args.check_timeout_s, self.budget.left() - STOP_MARGIN_S)
+            part |= run_logged(cmd, self.out / "lever_check.log", timeout)
         check = json.loads(path.read_text()) if path.exists() else {}
         part["result"] = check
         self.record("lever_check", part)
@@ -327,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--startup-s", type=float, default=70.0, help="expected server startup (load, warm-up, graphs)")
     ap.add_argument("--startup-timeout-s", type=float, default=240.0)
-    ap.add_argument("--check-s", type=float, default=100.0, help="expected lever_check.py time")
+    ap.add_argument("--check-s", type=float, default=120.0, help="expected lever_check.py time")
+    ap.add_argument("--check-timeout-s", type=float, default=180.0, help="lever_check.py is stopped after this")
     ap.add_argument("--peer", default=True, action=argparse.BooleanOptionalAction)
     ap.add_argument("--peer-min-s", type=float, default=110.0)
     args = ap.parse_args(argv)
