@@ -25,6 +25,7 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from orpheus_operator import crd
 
 T = TypeVar("T")
+Objects = list[dict[str, Any]]  # a list of API objects (a name of its own: inside Kube, `list` is the method)
 REQUEST_TIMEOUT = 30  # seconds, per API call
 # A kind the server did not serve (an optional child's CRD not installed) is looked up again after this long:
 # each miss makes the client re-read all of discovery, which every reconcile pass would otherwise repeat.
@@ -122,8 +123,8 @@ class Kube:
 
     async def list(
         self, api_version: str, kind: str, namespace: str | None, labels: dict[str, str] | None = None, **kw: Any
-    ) -> list[dict[str, Any]]:
-        def read() -> list[dict[str, Any]]:
+    ) -> Objects:
+        def read() -> Objects:
             res = self._resource(api_version, kind)
             selector = ",".join(f"{k}={v}" for k, v in (labels or {}).items()) or None
             result = self.dynamic.get(
@@ -226,7 +227,7 @@ class Kube:
     ) -> dict[str, Any]:
         return await self.patch(api_version, kind, namespace, name, {"status": status}, subresource="status")
 
-    async def events_for(self, namespace: str, uid: str) -> list[dict[str, Any]]:
+    async def events_for(self, namespace: str, uid: str) -> Objects:
         """The core/v1 Events about one object (e.g. a Job's FailedCreate), oldest first."""
         return await self.list("v1", "Event", namespace, field_selector=f"involvedObject.uid={uid}")
 

@@ -18,7 +18,7 @@ import asyncio
 import datetime
 import json
 import logging
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import kopf
 
@@ -80,6 +80,11 @@ def retryable(exc: ApiError) -> bool:
     """Transient, or the operator's own misconfiguration (RBAC): raised for kopf to log and retry, not put in
     the resource's status."""
     return exc.status >= 500 or exc.status in (401, 403, 409, 429)
+
+
+def kopf_body(body: dict[str, Any]) -> kopf.Body:
+    """The resource as kopf's event functions take it: its read-only view of the raw object."""
+    return kopf.Body(cast(kopf.RawBody, body))
 
 
 def now_utc() -> datetime.datetime:
@@ -235,7 +240,9 @@ class Reconciler:
                 return state
         metrics.BUILDS_STARTED.inc()
         retry = f" (retry after: {state.message})" if state.outcome == buildstate.FAILED else ""
-        kopf.info(body, reason="BuildStarted", message=f"job {name} builds engine {state.engine_hash}{retry}")
+        kopf.info(
+            kopf_body(body), reason="BuildStarted", message=f"job {name} builds engine {state.engine_hash}{retry}"
+        )
         jobs.append(new)
         return buildstate.building(state.engine_hash, state.attempt + 1, name)
 
@@ -251,7 +258,7 @@ class Reconciler:
         before = served_engine(deployment)
         if before is None or before.engine_hash != served.engine_hash:
             message = f"deployment {body['metadata']['name']} now serves engine {served.engine_hash}"
-            kopf.info(body, reason="RollingOut", message=message)
+            kopf.info(kopf_body(body), reason="RollingOut", message=message)
         await self._apply_serving_children(body, errors)
         return applied or deployment
 
@@ -270,7 +277,9 @@ class Reconciler:
                     raise
                 errors.append(rejected(e, f"Deployment {obj['metadata']['name']}"))
                 return None
-            kopf.info(body, reason="ReplicasHandedOver", message=f"keeping {handover['spec']['replicas']} replicas")
+            kopf.info(
+                kopf_body(body), reason="ReplicasHandedOver", message=f"keeping {handover['spec']['replicas']} replicas"
+            )
         return await self._apply(obj, errors)
 
     async def _apply_serving_children(self, body: dict[str, Any], errors: Errors) -> None:
@@ -314,7 +323,7 @@ class Reconciler:
         new = status.with_times(old, status.compute(observation), now_utc())
         new["selector"] = exposure.selector(body)  # the scale subresource's labelSelectorPath
         if state.outcome == buildstate.FAILED and old.get("phase") != "Failed":
-            kopf.warn(body, reason=state.reason, message=state.message)
+            kopf.warn(kopf_body(body), reason=state.reason, message=state.message)
         metrics.record_status(ns, name, new)
         if status.changed(old, new):
             await self.api.patch_status(crd.API_VERSION, crd.KIND, ns, name, new)

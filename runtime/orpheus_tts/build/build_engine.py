@@ -272,9 +272,9 @@ def check_trtllm_preconditions(o: BuildOptions) -> tuple[str, str]:
         raise BuildError(problem.message, problem.code)
     name, arch = mf.probe_gpu()
     assert name is not None and arch is not None  # doctor refused a missing GPU
-    problem = quantization_problem(o, arch)
-    if problem:
-        raise BuildError(f"GPU {name} ({arch}) {problem}", ExitCode.GPU_UNSUPPORTED)
+    unsupported = quantization_problem(o, arch)
+    if unsupported:
+        raise BuildError(f"GPU {name} ({arch}) {unsupported}", ExitCode.GPU_UNSUPPORTED)
     return name, arch
 
 
