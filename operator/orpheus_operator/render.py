@@ -23,7 +23,8 @@ GPU_MAJOR_LABEL = "nvidia.com/gpu.compute.major"
 GPU_MINOR_LABEL = "nvidia.com/gpu.compute.minor"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
-# Writable paths under a read-only root filesystem (contracts.md): scratch and the caches images point at.
+# Writable paths under a read-only root filesystem (the pod contract, docs/deploy.md): scratch and the caches
+# images point at.
 SCRATCH_MOUNTS = {"tmp": "/tmp", "cache": "/home/orpheus/.cache"}
 STORE_PORT = 8080
 # The engine store only streams files: a small, fixed footprint.
@@ -245,7 +246,7 @@ def store_url(body: Body, engine_hash: str) -> str:
 
 
 def build_args(build: dict[str, Any], engine_hash: str) -> list[str]:
-    """`orpheus-tts build-engine` flags, per contracts.md."""
+    """`orpheus-tts build-engine` flags (build_engine.parser; tests/test_contracts.py parses them with it)."""
     out = engine_dir(engine_hash)
     args = [
         "build-engine",
