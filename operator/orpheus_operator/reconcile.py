@@ -2,14 +2,15 @@
 
 Level-triggered: every pass starts from the resource and the cluster (no memory between passes), so any
 trigger (a change, a child's event, the resync timer, an operator restart) converges to the same state.
-A pass is a pipeline, one step per method of `Reconciler`, in this order (`_reconcile` reads the same):
-  1. storage     PVC (+ engine store when ReadWriteOnce)                          `_apply_storage`
-  2. build       the build Job for the spec's engine hash: observe it, (re)start it  `_build`
-  3. serve       (once an engine is built) Deployment + Service + PDB (+ Ingress, HPA...)  `_serve`
-  4. clean up    build Jobs of engines neither wanted nor served, older attempts   `_delete_stale_jobs`
-  5. report      status (phase, conditions), metrics, the Failed event            `_report`
+A pass is a pipeline, one step each, in this order (`Reconciler._reconcile` reads the same):
+  1. storage    PVC (+ engine store when ReadWriteOnce)                                   `_apply_storage`
+  2. build      the build Job of the spec's engine hash: observe it, (re)start it         `build_step.build`
+  3. serve      (once an engine is built) Deployment + Service + PDB (+ Ingress, HPA...)  `_serve`
+  4. clean up   build Jobs of engines neither wanted nor served, older attempts           `_delete_stale_jobs`
+  5. report     status (phase, conditions), metrics, the Failed event                     `_report`
 While a new engine builds, the Deployment keeps serving the engine recorded in its annotation.
-Children the API server rejects do not stop the pipeline: each step adds them to `errors`, and step 5 reports them.
+Children the API server rejects do not stop the pipeline: the pass's ChildWriter collects them (child_writer.py),
+and step 5 reports them.
 """
 
 from __future__ import annotations
@@ -18,20 +19,17 @@ import asyncio
 import datetime
 import json
 import logging
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import kopf
 
-from orpheus_operator import buildstate, children, crd, engine_identity, exposure, metrics, render, status
+from orpheus_operator import build_step, buildstate, children, crd, engine_identity, exposure, metrics, render, status
 from orpheus_operator.buildstate import BuildState
+from orpheus_operator.child_writer import ChildWriter, kopf_body
 from orpheus_operator.config import OperatorConfig
 from orpheus_operator.kube import ApiError, Kube
 
 logger = logging.getLogger(__name__)
-# Lines of a running build pod's log searched for its latest progress report.
-PROGRESS_TAIL_LINES = 20
-
-Errors = list[tuple[str, str]]  # (reason, message) of each child the API server rejected in this pass
 
 
 class ServedEngine(NamedTuple):
@@ -71,20 +69,8 @@ def attempts_to_keep(jobs: list[dict[str, Any]], state: BuildState, served: Serv
     return keep
 
 
-def rejected(exc: ApiError, what: str) -> tuple[str, str]:
-    """A child the API server refuses (invalid, immutable field, quota): a status problem, not a crash."""
-    return "ChildRejected", f"{what}: {exc.message}"
-
-
-def retryable(exc: ApiError) -> bool:
-    """Transient, or the operator's own misconfiguration (RBAC): raised for kopf to log and retry, not put in
-    the resource's status."""
-    return exc.status >= 500 or exc.status in (401, 403, 409, 429)
-
-
-def kopf_body(body: dict[str, Any]) -> kopf.Body:
-    """The resource as kopf's event functions take it: its read-only view of the raw object."""
-    return kopf.Body(cast(kopf.RawBody, body))
+def namespaced_name(body: dict[str, Any]) -> tuple[str, str]:
+    return body["metadata"]["namespace"], body["metadata"]["name"]
 
 
 def now_utc() -> datetime.datetime:
@@ -157,148 +143,55 @@ class Reconciler:
     async def _reconcile(self, body: dict[str, Any]) -> None:
         build = engine_identity.build_spec(body["spec"], self.cfg)
         engine_hash = engine_identity.engine_hash(build)
-        errors: Errors = []
-        await self._apply_storage(body, errors)
+        writer = ChildWriter(self.api, body)
+        await self._apply_storage(writer)
         jobs = await self._list_build_jobs(body)
-        state = await self._build(body, build, engine_hash, jobs, errors)
-        deployment = await self.api.get(
-            "apps/v1", "Deployment", body["metadata"]["namespace"], body["metadata"]["name"]
-        )
+        state = await build_step.build(writer, self.cfg, build, engine_hash, jobs, now_utc())
+        deployment = await self.api.get("apps/v1", "Deployment", *namespaced_name(body))
         served = engine_to_serve(state, build, served_engine(deployment))
         if served is not None:
-            deployment = await self._serve(body, served, deployment, errors)
+            deployment = await self._serve(writer, served, deployment)
         await self._delete_stale_jobs(body, jobs, attempts_to_keep(jobs, state, served))
-        await self._report(body, state, served, deployment if served else None, errors)
+        await self._report(body, state, served, deployment if served else None, writer.errors)
 
-    # 1. storage
-
-    async def _apply_storage(self, body: dict[str, Any], errors: Errors) -> None:
+    async def _apply_storage(self, writer: ChildWriter) -> None:
         """The engines PVC; with ReadWriteOnce the engine store too (the build Job joins its node), with
         ReadWriteMany no store (deleted if the operator made one)."""
+        body = writer.body
         store = crd.store_name(body["metadata"]["name"])
-        await self._apply(render.render_pvc(body), errors)
-        await self._apply_or_delete(render.render_store(body, self.cfg), "apps/v1", "Deployment", body, errors, store)
-        await self._apply_or_delete(render.render_store_service(body), "v1", "Service", body, errors, store)
-
-    # 2. build
+        await writer.apply(render.render_pvc(body))
+        await writer.apply_or_delete(render.render_store(body, self.cfg), "apps/v1", "Deployment", store)
+        await writer.apply_or_delete(render.render_store_service(body), "v1", "Service", store)
 
     async def _list_build_jobs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         meta = body["metadata"]
         selector = {crd.INSTANCE_LABEL: meta["name"], crd.COMPONENT_LABEL: crd.ENGINE_BUILD}
         return await self.api.list("batch/v1", "Job", meta["namespace"], selector)
 
-    async def _build(
-        self, body: dict[str, Any], build: dict[str, Any], engine_hash: str, jobs: list[dict[str, Any]], errors: Errors
-    ) -> BuildState:
-        """Where the build of `engine_hash` stands; starts its first attempt, or the next one once a failed
-        attempt's backoff has passed."""
-        job = buildstate.latest_job(jobs, engine_hash)
-        state = await self._observe_build(body["metadata"]["namespace"], engine_hash, job)
-        if state.outcome == buildstate.MISSING or buildstate.retry_due(state, now_utc()):
-            return await self._start_build(body, build, state, jobs, errors)
-        return state
-
-    async def _observe_build(self, ns: str, engine_hash: str, job: dict[str, Any] | None) -> BuildState:
-        """The build state from the latest Job and, while it has not succeeded, its pods, the Job's Events (when it
-        has no pod) and the progress its running pod last logged."""
-        pods: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
-        progress = None
-        if job is not None and buildstate.job_outcome(job) != buildstate.SUCCEEDED:
-            pods = await self.api.list("v1", "Pod", ns, {"job-name": job["metadata"]["name"]})
-            if not pods and job["metadata"].get("uid"):  # admission, quota: only the Job's Events say why
-                events = await self.api.events_for(ns, job["metadata"]["uid"])
-            progress = await self._progress(ns, pods)
-        return buildstate.evaluate(engine_hash, job, pods, self.cfg, events, progress)
-
-    async def _progress(self, ns: str, pods: list[dict[str, Any]]) -> buildstate.Progress | None:
-        """What the running build pod last reported in its log (`build-engine: [step N%] ...`)."""
-        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
-        if not running:
-            return None
-        try:
-            log = await self.api.log_tail(ns, running[0]["metadata"]["name"], "build", PROGRESS_TAIL_LINES)
-        except ApiError as e:  # the kubelet may not answer (node gone): progress is optional
-            logger.debug("no build log from %s: %s", running[0]["metadata"]["name"], e)
-            return None
-        return buildstate.parse_progress(log)
-
-    async def _start_build(
-        self, body: dict[str, Any], build: dict[str, Any], state: BuildState, jobs: list[dict[str, Any]], errors: Errors
-    ) -> BuildState:
-        """Creates the Job of the next attempt (added to `jobs`); a rejected Job leaves `state` as it was."""
-        new = render.render_job(body, build, state.engine_hash, state.attempt + 1)
-        name = new["metadata"]["name"]
-        try:
-            await self.api.create(new)
-        except ApiError as e:
-            # 409: created by a previous pass whose list did not see it yet.
-            if e.status != 409:
-                if retryable(e):
-                    raise
-                errors.append(rejected(e, f"Job {name}"))
-                return state
-        metrics.BUILDS_STARTED.inc()
-        retry = f" (retry after: {state.message})" if state.outcome == buildstate.FAILED else ""
-        kopf.info(
-            kopf_body(body), reason="BuildStarted", message=f"job {name} builds engine {state.engine_hash}{retry}"
-        )
-        jobs.append(new)
-        return buildstate.building(state.engine_hash, state.attempt + 1, name)
-
-    # 3. serve
-
     async def _serve(
-        self, body: dict[str, Any], served: ServedEngine, deployment: dict[str, Any] | None, errors: Errors
+        self, writer: ChildWriter, served: ServedEngine, deployment: dict[str, Any] | None
     ) -> dict[str, Any] | None:
         """Rolls the Deployment out to `served` and applies the children in front of it; returns the Deployment
-        as applied (as it was when the API server rejected it)."""
+        as applied (as it was, when the API server rejected it)."""
+        body = writer.body
         wanted = render.render_deployment(body, self.cfg, served.build, served.engine_hash, deployment)
-        applied = await self._apply_deployment(body, wanted, deployment, errors)
+        applied = await writer.apply_deployment(wanted, deployment)
         before = served_engine(deployment)
         if before is None or before.engine_hash != served.engine_hash:
             message = f"deployment {body['metadata']['name']} now serves engine {served.engine_hash}"
             kopf.info(kopf_body(body), reason="RollingOut", message=message)
-        await self._apply_serving_children(body, errors)
-        return applied or deployment
-
-    async def _apply_deployment(
-        self, body: dict[str, Any], obj: dict[str, Any], existing: dict[str, Any] | None, errors: Errors
-    ) -> dict[str, Any] | None:
-        """Applies the Deployment. When the operator is about to stop sending spec.replicas (autoscaling switched
-        on, or runtime.replicas unset), another field manager first takes the field at its current value, so the
-        running pod count does not change by itself."""
-        if existing is not None and "replicas" not in obj["spec"] and render.manages_replicas(existing):
-            handover = render.replicas_handover(existing)
-            try:
-                await self.api.apply(handover, manager=crd.HANDOVER_MANAGER)
-            except ApiError as e:
-                if retryable(e):
-                    raise
-                errors.append(rejected(e, f"Deployment {obj['metadata']['name']}"))
-                return None
-            kopf.info(
-                kopf_body(body), reason="ReplicasHandedOver", message=f"keeping {handover['spec']['replicas']} replicas"
-            )
-        return await self._apply(obj, errors)
-
-    async def _apply_serving_children(self, body: dict[str, Any], errors: Errors) -> None:
-        """Service and PDB, then the optional children (Ingress, HTTPRoute, NetworkPolicy, HPA, ScaledObject:
-        children.py); a child the spec no longer asks for is deleted."""
         service = render.render_service(body)
         service["metadata"]["annotations"] = exposure.service_annotations(body)  # ingress presets
-        await self._apply(service, errors)
-        await self._apply_or_delete(render.render_pdb(body), "policy/v1", "PodDisruptionBudget", body, errors)
+        await writer.apply(service)
+        await writer.apply_or_delete(render.render_pdb(body), "policy/v1", "PodDisruptionBudget")
+        # Ingress, HTTPRoute, NetworkPolicy, HPA, ScaledObject: each deleted when the spec no longer asks for it.
         for api_version, kind, child in children.optional_children(body):
-            await self._apply_or_delete(child, api_version, kind, body, errors)
-
-    # 4. clean up
+            await writer.apply_or_delete(child, api_version, kind)
+        return applied or deployment
 
     async def _delete_stale_jobs(self, body: dict[str, Any], jobs: list[dict[str, Any]], keep: dict[str, int]) -> None:
         for job in buildstate.stale_jobs(jobs, keep):
             await self.api.delete("batch/v1", "Job", body["metadata"]["namespace"], job["metadata"]["name"])
-
-    # 5. report
 
     async def _report(
         self,
@@ -306,13 +199,12 @@ class Reconciler:
         state: BuildState,
         served: ServedEngine | None,
         deployment: dict[str, Any] | None,
-        errors: Errors,
+        errors: list[status.Problem],
     ) -> None:
         """Writes the status when it changed, records it in the metrics, and warns once when a build fails."""
-        meta = body["metadata"]
-        ns, name = meta["namespace"], meta["name"]
+        ns, name = namespaced_name(body)
         observation = status.Observation(
-            generation=meta.get("generation", 0),
+            generation=body["metadata"].get("generation", 0),
             build=state,
             endpoint=exposure.endpoint(body) or render.endpoint(body),
             serving_hash=served.engine_hash if served else None,
@@ -328,35 +220,3 @@ class Reconciler:
         if status.changed(old, new):
             await self.api.patch_status(crd.API_VERSION, crd.KIND, ns, name, new)
             logger.info("%s/%s: %s (%s)", ns, name, new["phase"], new["message"])
-
-    # ---- writing children ---------------------------------------------------------------------------------
-
-    async def _apply(self, obj: dict[str, Any], errors: Errors) -> dict[str, Any] | None:
-        try:
-            return await self.api.apply(obj)
-        except ApiError as e:
-            if retryable(e):
-                raise
-            errors.append(rejected(e, f"{obj['kind']} {obj['metadata']['name']}"))
-            metrics.CHILD_REJECTIONS.labels(obj["kind"]).inc()
-            return None
-
-    async def _apply_or_delete(
-        self,
-        obj: dict[str, Any] | None,
-        api_version: str,
-        kind: str,
-        body: dict[str, Any],
-        errors: Errors,
-        child_name: str | None = None,
-    ) -> None:
-        """Applies `obj`; None means the spec does not ask for this child: it is deleted if the operator made it."""
-        if obj is not None:
-            await self._apply(obj, errors)
-            return
-        meta = body["metadata"]
-        name = child_name or meta["name"]
-        existing = await self.api.get(api_version, kind, meta["namespace"], name)
-        owners = (existing or {}).get("metadata", {}).get("ownerReferences") or []
-        if any(o.get("uid") == meta["uid"] for o in owners):  # never delete what someone else made
-            await self.api.delete(api_version, kind, meta["namespace"], name)
