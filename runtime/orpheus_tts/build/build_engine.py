@@ -515,8 +515,15 @@ def stage_calibration(rows: list[str], tmp: pathlib.Path) -> pathlib.Path:
 def build_trtllm(o: BuildOptions, src: pathlib.Path, tmp: pathlib.Path, report: Reporter) -> None:
     copy_matching(src, tmp / "model", TOKENIZER_FILES)
     try:
-        from tensorrt_llm._tensorrt_engine import LLM
-        from tensorrt_llm.llmapi import BuildConfig, CalibConfig, KvCacheConfig, QuantAlgo, QuantConfig
+        # In the TensorRT-LLM image only (tests: tests/runtime/trtllm_double); no type information here.
+        from tensorrt_llm._tensorrt_engine import LLM  # type: ignore[import-not-found]
+        from tensorrt_llm.llmapi import (  # type: ignore[import-not-found]
+            BuildConfig,
+            CalibConfig,
+            KvCacheConfig,
+            QuantAlgo,
+            QuantConfig,
+        )
     except ImportError as e:
         raise BuildError(f"TensorRT-LLM cannot be imported ({e})", ExitCode.NO_TRTLLM) from None
 
