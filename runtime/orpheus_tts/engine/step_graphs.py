@@ -1,5 +1,5 @@
 """The device side of an engine step: `decode_step` and `prefill_step` over static per-slot state, and the
-CUDA graphs that replay them at fixed shapes (the engine thread in torch_engine.py drives them).
+CUDA graphs that replay them at fixed shapes (model_runner.py drives them; cuda_graphs.py captures).
 
 Graphs matter because both steps are bound by kernel launches when run eagerly: a decode step at small
 batches, and a prefill always (33-47 ms of wall time for 4-13 ms replayed on the H100, which stalled every
