@@ -185,9 +185,11 @@ class ModelRunner:
         self._mark(2)
         out: StepOutput[R] = StepOutput([], [], failed)
         if results:
-            # The one host sync of the step, for every slot at once.
-            out.ids = torch.cat([ids for _, ids in results]).tolist()
-            out.requests = [r for group, _ in results for r in group]
+            # The one host sync of the step, for every slot at once. A step of one group (decode only, as
+            # most are) needs no joining copy.
+            single = len(results) == 1
+            out.ids = (results[0][1] if single else torch.cat([ids for _, ids in results])).tolist()
+            out.requests = results[0][0] if single else [r for group, _ in results for r in group]
             if self._events is not None:  # the sync above completed them
                 out.prefill_gpu_s = self._events[0].elapsed_time(self._events[1]) / 1000
                 out.decode_gpu_s = self._events[1].elapsed_time(self._events[2]) / 1000
