@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestServer
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine.interface import EngineError
 from orpheus_tts.serve.loader import load_engine
-from orpheus_tts.serve.server import STATE, create_app, parse_message, parse_speech_body, runner_options
+from orpheus_tts.serve.server import STATE, create_app, parse_speech_body, runner_options
 from orpheus_tts.speech.audio_codes import frames_from_ids
 from orpheus_tts.speech.snac_decoder import SAMPLES_PER_FRAME, SnacModel, disable_noise, to_pcm16
 
@@ -146,15 +146,7 @@ async def server(fast_model_dir):
         yield s
 
 
-# -- pure parsing ----------------------------------------------------------------------------------------
-
-
-def test_parse_message():
-    assert parse_message('{"text": "hi", "voice": "leo", "seed": 3, "junk": 1}').sampling == {"seed": 3}
-    assert parse_message('{"type": "cancel"}').__class__.__name__ == "Cancel"
-    assert parse_message("{").code == "invalid_json"
-    for data in ("[1]", '{"text": 5}', '{"type": "dance"}', '{"text": "a", "voice": 1}'):
-        assert parse_message(data).code == "invalid_message"
+# -- pure parsing (the WebSocket message: test_protocol.py) ----------------------------------------
 
 
 def test_parse_speech_body():

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import contextlib
 import dataclasses
 import gc
@@ -41,11 +39,33 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractAccessLogger
 
 from orpheus_tts.config import ConfigError, RuntimeConfig, add_cli_flags, from_args
 from orpheus_tts.engine.interface import EngineError
+from orpheus_tts.protocol import (
+    BEARER_SUBPROTOCOL_PREFIX,
+    BUSY,
+    DRAINING,
+    END_OF_UTTERANCE,
+    LOADING,
+    SUBPROTOCOL,
+    UNAUTHORIZED_REASON,
+    WS_PATH,
+    Cancel,
+    CloseCode,
+    Problem,
+    Speak,
+    cancelled_message,
+    error_message,
+    key_from_subprotocols,
+    load_json,
+    offered_subprotocols,
+    parse_message,
+    sampling_fields,
+    show,
+)
 from orpheus_tts.serve.loader import LoadedModel, LoadError
 from orpheus_tts.serve.metrics import CONTENT_TYPE, Metrics
 from orpheus_tts.serve.openai_compat import DEFAULT_FORMAT, FORMATS, StreamEncoder, resolve_voice
@@ -53,101 +73,14 @@ from orpheus_tts.serve.playground import add_playground_routes
 from orpheus_tts.serve.readiness import LoadReadiness, watermarks  # issue #12
 from orpheus_tts.speech.snac_batcher import SnacBatcher
 from orpheus_tts.speech.snac_decoder import SnacModel
-from orpheus_tts.speech.synthesizer import SAMPLING_FIELDS, SynthesisError, Synthesizer, sampling_params
+from orpheus_tts.speech.synthesizer import SynthesisError, Synthesizer, sampling_params
 from orpheus_tts.speech.wav import SAMPLE_RATE, wav_header
 
 log = logging.getLogger(__name__)
 
-END_OF_UTTERANCE = b"__END__"
 RETRY_AFTER_S = 1
 SECRET_FIELDS = ("hf_token", "api_key")
 CLOSE_TIMEOUT_S = 5.0  # a close handshake a peer does not complete (it does not read) ends in an abort
-CLOSE_NORMAL = WSCloseCode.OK  # 1000: idle timeout
-CLOSE_BUSY = WSCloseCode.TRY_AGAIN_LATER  # 1013
-CLOSE_POLICY = WSCloseCode.POLICY_VIOLATION  # 1008
-CLOSE_INTERNAL = WSCloseCode.INTERNAL_ERROR  # 1011
-CLOSE_GOING_AWAY = WSCloseCode.GOING_AWAY  # 1001
-# Browser authentication (the Kubernetes API server's `base64url.bearer.authorization.k8s.io.<token>` pattern).
-WS_SUBPROTOCOL = "orpheus-tts.v1"
-BEARER_SUBPROTOCOL_PREFIX = "base64url.bearer.orpheus-tts."
-
-
-# -- messages (pure) ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Speak:
-    text: str
-    voice: str | None
-    sampling: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Cancel:
-    pass
-
-
-@dataclass(frozen=True)
-class Problem:
-    code: str
-    message: str
-
-
-def _show(value: Any) -> str:
-    """A client's value in an error message: short strings quoted, anything else by type (a repr of a deeply
-    nested or huge value is neither readable nor safe)."""
-    if isinstance(value, str) and len(value) <= 40:
-        return repr(value)
-    return f"a {type(value).__name__}"
-
-
-def load_json(data: str | bytes) -> Any:
-    """json.loads for hostile input: too deep a nesting raises RecursionError, which is not a ValueError."""
-    try:
-        return json.loads(data)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-def parse_message(data: str) -> Speak | Cancel | Problem:
-    try:
-        obj = load_json(data)
-    except ValueError:
-        return Problem("invalid_json", "message is not valid JSON")
-    if not isinstance(obj, dict):
-        return Problem("invalid_message", "message must be a JSON object")
-    kind = obj.get("type", "speak")
-    if kind == "cancel":
-        return Cancel()
-    if kind != "speak":
-        return Problem("invalid_message", f"unknown message type {_show(kind)} (expected 'speak' or 'cancel')")
-    text, voice = obj.get("text"), obj.get("voice")
-    if not isinstance(text, str):
-        return Problem("invalid_message", '"text" must be a string')
-    if voice is not None and not isinstance(voice, str):
-        return Problem("invalid_message", '"voice" must be a string')
-    return Speak(text, voice, {k: obj[k] for k in SAMPLING_FIELDS if k in obj})
-
-
-def error_message(code: str, message: str) -> dict[str, str]:
-    return {"type": "error", "code": code, "message": message}
-
-
-def offered_subprotocols(header: str) -> list[str]:
-    return [p.strip() for p in header.split(",") if p.strip()]
-
-
-def key_from_subprotocols(offered: list[str]) -> str | None:
-    """The API key a browser sent as `base64url.bearer.orpheus-tts.<base64url(key), unpadded>`, if any."""
-    for proto in offered:
-        if proto.startswith(BEARER_SUBPROTOCOL_PREFIX):
-            encoded = proto[len(BEARER_SUBPROTOCOL_PREFIX) :]
-            try:
-                raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), altchars=b"-_", validate=True)
-                return raw.decode()
-            except (binascii.Error, ValueError):
-                return None  # not a key: refused like a wrong one
-    return None
 
 
 # -- server state --------------------------------------------------------------------------------------------
@@ -173,13 +106,13 @@ class ServerState:
         self.load = LoadReadiness(watermarks(self.cfg.stream_limit))  # issue #12
 
     def admit(self) -> str | None:
-        """Takes a stream place, or says why not ("draining", "loading", "busy")."""
+        """Takes a stream place, or says why not (DRAINING, LOADING, BUSY: a 1013 close's reason)."""
         if self.draining:
-            return "draining"
+            return DRAINING
         if not self.ready:
-            return "loading"
+            return LOADING
         if self.active >= self.cfg.stream_limit:
-            return "busy"
+            return BUSY
         self.active += 1
         self.idle.clear()
         self.metrics.active_streams.set(self.active)
@@ -280,7 +213,7 @@ class WsSession:
                 # Told at once, not in turn: its queue is what is wrong.
                 limit = self.state.cfg.max_pending
                 await self._error("too_many_pending", f"more than {limit} queued messages; read the answers")
-                await self.close(CLOSE_POLICY, b"too many pending messages")
+                await self.close(CloseCode.POLICY_VIOLATION, b"too many pending messages")
                 return
             if isinstance(job, Speak) and self.state.draining:
                 job = Problem("draining", "the server is shutting down; reconnect")
@@ -290,13 +223,13 @@ class WsSession:
         try:
             while not self.ws.closed:
                 if self.state.draining and self.jobs.empty():
-                    await self.close(CLOSE_GOING_AWAY, b"server shutting down")
+                    await self.close(CloseCode.GOING_AWAY, b"server shutting down")
                     return
                 idle_s = self.state.cfg.ws_idle_timeout_s
                 try:
                     job = await asyncio.wait_for(self.jobs.get(), idle_s or None)
                 except asyncio.TimeoutError:  # nothing queued, nothing playing: give the place back
-                    await self.close(CLOSE_NORMAL, f"idle timeout: nothing sent for {idle_s:g} s".encode())
+                    await self.close(CloseCode.OK, f"idle timeout: nothing sent for {idle_s:g} s".encode())
                     return
                 if job is None:
                     continue
@@ -326,7 +259,7 @@ class WsSession:
             self.current.cancel()
             await asyncio.wait([self.current])
         # After the stopped utterance's last byte: the client may discard everything up to here.
-        await self._send_json({"type": "cancelled"})
+        await self._send_json(cancelled_message())
         if self.state.draining:
             self.jobs.put_nowait(None)
 
@@ -348,7 +281,7 @@ class WsSession:
         except SynthesisError as e:
             if e.code == "unknown_voice":
                 self.state.metrics.errors.labels(e.code).inc()
-                await self.ws.close(code=CLOSE_POLICY, message=_reason(str(e)))
+                await self.ws.close(code=CloseCode.POLICY_VIOLATION, message=_reason(str(e)))
                 return
             await self._error(e.code, str(e))
             return
@@ -360,14 +293,14 @@ class WsSession:
         except SynthesisError as e:
             log.warning("utterance failed: %s", e)
             await self._error(e.code, str(e))
-            await self.ws.close(code=CLOSE_INTERNAL, message=_reason(str(e)))
+            await self.ws.close(code=CloseCode.INTERNAL_ERROR, message=_reason(str(e)))
 
     async def _internal_error(self, exc: BaseException) -> None:
         """A bug, not bad input: log it, tell the client, close 1011; the server goes on."""
         log.error("WebSocket session failed", exc_info=exc)
         await self._error("internal", "internal server error")
         with contextlib.suppress(ConnectionError):
-            await self.ws.close(code=CLOSE_INTERNAL, message=b"internal server error")
+            await self.ws.close(code=CloseCode.INTERNAL_ERROR, message=b"internal server error")
 
     async def _error(self, code: str, message: str) -> None:
         self.state.metrics.errors.labels(code).inc()
@@ -386,21 +319,21 @@ def _reason(text: str) -> bytes:
 async def ws_tts(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     offered = offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol", ""))
-    if key_from_subprotocols(offered) is not None and WS_SUBPROTOCOL not in offered:
+    if key_from_subprotocols(offered) is not None and SUBPROTOCOL not in offered:
         # aiohttp would log the offered (unknown) subprotocols, key included: refuse before the handshake.
-        return json_error(400, "invalid_subprotocol", f"offer the {WS_SUBPROTOCOL!r} subprotocol with the key")
+        return json_error(400, "invalid_subprotocol", f"offer the {SUBPROTOCOL!r} subprotocol with the key")
     # Pings find dead peers (no FIN) so that their places free up.
     ws = web.WebSocketResponse(max_msg_size=state.cfg.max_message_bytes, heartbeat=state.cfg.ws_ping_interval_s,
-                               compress=False, protocols=(WS_SUBPROTOCOL,))  # fmt: skip
+                               compress=False, protocols=(SUBPROTOCOL,))  # fmt: skip
     await ws.prepare(request)
     if not state.ws_authorized(request, offered):
         state.metrics.errors.labels("unauthorized").inc()
-        await ws.close(code=CLOSE_POLICY, message=b"unauthorized: send Authorization: Bearer <api key>")
+        await ws.close(code=CloseCode.POLICY_VIOLATION, message=UNAUTHORIZED_REASON.encode())
         return ws
     refusal = state.admit()
     if refusal is not None:
         state.metrics.rejected.labels(refusal).inc()
-        await ws.close(code=CLOSE_BUSY, message=refusal.encode())
+        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=refusal.encode())
         return ws
     session = WsSession(state, ws, request)
     state.sessions.add(session)
@@ -434,14 +367,14 @@ def parse_speech_body(body: Any) -> tuple[str, str | None, str, dict[str, Any]] 
         return Problem("invalid_request", '"voice" must be a string')
     fmt = body.get("response_format", DEFAULT_FORMAT)
     if not isinstance(fmt, str) or fmt not in FORMATS:
-        return Problem("unsupported_format", f"response_format {_show(fmt)} is not supported: use one of "
+        return Problem("unsupported_format", f"response_format {show(fmt)} is not supported: use one of "
                                              f"{', '.join(FORMATS)}")  # fmt: skip
     speed = body.get("speed", 1.0)
     if isinstance(speed, bool) or not isinstance(speed, (int, float)) or speed != 1.0:
         return Problem("unsupported_speed", "only speed 1.0 is supported (Orpheus speaks at its own pace)")
     if body.get("stream_format", "audio") != "audio":
         return Problem("unsupported_stream_format", "only stream_format 'audio' is supported")
-    return text, voice, fmt, {k: body[k] for k in SAMPLING_FIELDS if k in body}
+    return text, voice, fmt, sampling_fields(body)
 
 
 async def speech(request: web.Request) -> web.StreamResponse:
@@ -584,8 +517,8 @@ def _playground_info(state: ServerState) -> dict[str, Any] | None:
             "max_tokens": cfg.max_output_len,
         },
         "protocol": {
-            "path": "/ws/tts",
-            "subprotocol": WS_SUBPROTOCOL,
+            "path": WS_PATH,
+            "subprotocol": SUBPROTOCOL,
             "bearer_prefix": BEARER_SUBPROTOCOL_PREFIX,
             "end_of_utterance": END_OF_UTTERANCE.decode(),
         },
@@ -610,7 +543,7 @@ def create_app(cfg: RuntimeConfig, loaded: LoadedModel | None = None, *, snac: S
     state = ServerState(cfg, Metrics())
     state.idle.set()
     app[STATE] = state
-    app.router.add_get("/ws/tts", ws_tts)
+    app.router.add_get(WS_PATH, ws_tts)
     app.router.add_post("/v1/audio/speech", speech)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -642,7 +575,7 @@ def create_app(cfg: RuntimeConfig, loaded: LoadedModel | None = None, *, snac: S
         if LOAD_TASK in app:
             app[LOAD_TASK].cancel()
             await asyncio.gather(app[LOAD_TASK], return_exceptions=True)
-        await asyncio.gather(*(s.close(CLOSE_GOING_AWAY, b"server shutting down") for s in list(state.sessions)))
+        await asyncio.gather(*(s.close(CloseCode.GOING_AWAY, b"server shutting down") for s in list(state.sessions)))
         if state.batcher is not None:
             await state.batcher.close()
         if state.loaded is not None:
@@ -690,7 +623,7 @@ async def drain(state: ServerState, grace_s: float) -> bool:
     except asyncio.TimeoutError:
         log.warning("drain: %d streams still active after %.0f s; closing them", state.active, grace_s)
     # Before the runner shuts the server down, which would drop them without a close frame (1006).
-    await asyncio.gather(*(s.close(CLOSE_GOING_AWAY, b"server shutting down: drain grace over")
+    await asyncio.gather(*(s.close(CloseCode.GOING_AWAY, b"server shutting down: drain grace over")
                            for s in list(state.sessions)))  # fmt: skip
     return False
 

@@ -25,13 +25,13 @@ from typing import Any
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine.interface import Engine, EngineError, GenerationRequest, SamplingParams
 from orpheus_tts.model.model_spec import ModelSpec
+from orpheus_tts.protocol import INTEGER_SAMPLING_FIELDS, SAMPLING_FIELDS
 from orpheus_tts.serve.metrics import Metrics
 from orpheus_tts.speech.audio_codes import FrameAssembler
 from orpheus_tts.speech.prompts import PromptError, Tokenizer, build_prompts
 from orpheus_tts.speech.snac_batcher import SnacBatcher
 from orpheus_tts.speech.snac_decoder import MAX_EMIT, SAMPLE_RATE, SAMPLES_PER_FRAME, StreamWindows, Window
 
-SAMPLING_FIELDS = ("temperature", "top_p", "repetition_penalty", "max_tokens", "min_tokens", "seed")
 FRAMES_PER_S = SAMPLE_RATE / SAMPLES_PER_FRAME
 # Frames a window waits for at least once audio is playing. 1 would send a frame the moment the listener's
 # buffer runs dry, at 4x the SNAC work per frame: under overload, when every buffer is dry, that extra work
@@ -79,7 +79,7 @@ def sampling_params(cfg: RuntimeConfig, overrides: Mapping[str, Any]) -> Samplin
         value = overrides.get(name)
         if value is None:
             continue
-        integral = name in ("max_tokens", "min_tokens", "seed")
+        integral = name in INTEGER_SAMPLING_FIELDS
         ok = isinstance(value, int) if integral else isinstance(value, (int, float))
         if not ok or isinstance(value, bool):
             raise SynthesisError(f"{name} must be {'an integer' if integral else 'a number'}", "invalid_params")
