@@ -1,5 +1,6 @@
-"""protocol.py is the one home of the WebSocket protocol's constants: these tests tie each other side to it (the
-playground's copy, aiohttp's close codes, the engine's sampling parameters, the clients' flags)."""
+"""protocol.py and audio.py are the one home of the protocol's and the audio format's constants: these tests tie
+each other side to them (the playground's copy, aiohttp's close codes, the engine's sampling parameters, the
+clients' flags, SNAC's config)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import argparse
 import dataclasses
 import html.parser
 import json
+import math
 import pathlib
 import subprocess
 import sys
 
 from aiohttp import WSCloseCode
 
-from orpheus_tts import protocol
+from orpheus_tts import audio, protocol
 from orpheus_tts.engine.interface import SamplingParams
+from orpheus_tts.model.model_spec import ModelSpec
+from orpheus_tts.model.tiny_model import SNAC_24KHZ_CONFIG
 from orpheus_tts.protocol import (
     BUSY,
     DRAINING,
@@ -107,7 +111,19 @@ def test_parse_message() -> None:
 
 def test_protocol_imports_neither_torch_nor_aiohttp() -> None:
     """Clients on a laptop import it (through tools/client.py) for nothing heavy."""
-    code = (f"import sys; import {protocol.__name__}; "
+    code = (f"import sys; import {protocol.__name__}, {audio.__name__}; "
             "print(sorted(m for m in ('torch', 'aiohttp', 'numpy') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_audio_constants_are_snac_24khz() -> None:
+    """audio.py against the SNAC config the tiny model writes (the real hubertsiuzdak/snac_24khz config): its
+    sampling rate, and samples per frame = hop length (product of the decoder rates) x the coarsest codebook's
+    stride (one code per frame)."""
+    snac = SNAC_24KHZ_CONFIG
+    assert snac["sampling_rate"] == audio.SAMPLE_RATE
+    assert math.prod(snac["decoder_rates"]) * max(snac["vq_strides"]) == audio.SAMPLES_PER_FRAME
+    # 1 + 2 + 4 codes of the three codebooks per frame (audio_codes.snac_codes)
+    assert sum(max(snac["vq_strides"]) // s for s in snac["vq_strides"]) == audio.CODES_PER_FRAME
+    assert ModelSpec().sample_rate == audio.SAMPLE_RATE and ModelSpec().samples_per_frame == audio.SAMPLES_PER_FRAME

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from orpheus_tts.speech.wav import SAMPLE_RATE
+from orpheus_tts.audio import SAMPLE_RATE
 
 # OpenAI's voices -> Orpheus voices, chosen by register (OpenAI's descriptions of its voices): an SDK user's
 # `voice="alloy"` gets a voice rather than a 400. A model whose own voices include one of these names keeps it.

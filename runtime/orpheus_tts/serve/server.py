@@ -42,6 +42,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractAccessLogger
 
+from orpheus_tts.audio import SAMPLE_RATE
 from orpheus_tts.config import ConfigError, RuntimeConfig, add_cli_flags, from_args
 from orpheus_tts.engine.interface import EngineError
 from orpheus_tts.protocol import (
@@ -74,7 +75,7 @@ from orpheus_tts.serve.readiness import LoadReadiness, watermarks  # issue #12
 from orpheus_tts.speech.snac_batcher import SnacBatcher
 from orpheus_tts.speech.snac_decoder import SnacModel
 from orpheus_tts.speech.synthesizer import SynthesisError, Synthesizer, sampling_params
-from orpheus_tts.speech.wav import SAMPLE_RATE, wav_header
+from orpheus_tts.speech.wav import wav_header
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from orpheus_tts.audio import FRAMES_PER_S
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine.interface import Engine, EngineError, GenerationRequest, SamplingParams
 from orpheus_tts.model.model_spec import ModelSpec
@@ -30,9 +31,8 @@ from orpheus_tts.serve.metrics import Metrics
 from orpheus_tts.speech.audio_codes import FrameAssembler
 from orpheus_tts.speech.prompts import PromptError, Tokenizer, build_prompts
 from orpheus_tts.speech.snac_batcher import SnacBatcher
-from orpheus_tts.speech.snac_decoder import MAX_EMIT, SAMPLE_RATE, SAMPLES_PER_FRAME, StreamWindows, Window
+from orpheus_tts.speech.snac_decoder import MAX_EMIT, StreamWindows, Window
 
-FRAMES_PER_S = SAMPLE_RATE / SAMPLES_PER_FRAME
 # Frames a window waits for at least once audio is playing. 1 would send a frame the moment the listener's
 # buffer runs dry, at 4x the SNAC work per frame: under overload, when every buffer is dry, that extra work
 # is what tips the GPU over (measured: docs/benchmarks.md).

@@ -16,9 +16,10 @@ from typing import Any
 
 import aiohttp
 
+from orpheus_tts.audio import pcm_seconds
 from orpheus_tts.config import client_api_key
 from orpheus_tts.protocol import END_OF_UTTERANCE, INTEGER_SAMPLING_FIELDS, SAMPLING_FIELDS, WS_PATH
-from orpheus_tts.speech.wav import SAMPLE_RATE, write_wav
+from orpheus_tts.speech.wav import write_wav
 
 DEFAULT_URL = f"ws://127.0.0.1:8000{WS_PATH}"
 
@@ -68,7 +69,7 @@ class Synthesis:
 
     @property
     def audio_s(self) -> float:
-        return len(self.pcm) / 2 / SAMPLE_RATE
+        return pcm_seconds(len(self.pcm))
 
 
 async def synthesize(url: str, message: dict[str, Any], api_key: str | None = None,
