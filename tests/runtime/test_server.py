@@ -23,6 +23,7 @@ import pytest
 import torch
 from aiohttp.test_utils import TestServer
 
+from orpheus_tts.audio import BYTES_PER_FRAME, SAMPLES_PER_FRAME
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine.interface import EngineError
 from orpheus_tts.serve.app import create_app, runner_options
@@ -30,10 +31,10 @@ from orpheus_tts.serve.loader import load_engine
 from orpheus_tts.serve.openai_compat import parse_speech_body
 from orpheus_tts.serve.state import STATE
 from orpheus_tts.speech.audio_codes import frames_from_ids
-from orpheus_tts.speech.snac_decoder import SAMPLES_PER_FRAME, SnacModel, disable_noise, to_pcm16
+from orpheus_tts.speech.snac_decoder import SnacModel, disable_noise, to_pcm16
 
 END = b"__END__"
-FRAME_BYTES = SAMPLES_PER_FRAME * 2
+FRAME_BYTES = BYTES_PER_FRAME
 
 
 def make_fast_model_dir(tiny: pathlib.Path, out: pathlib.Path) -> pathlib.Path:

@@ -29,13 +29,13 @@ from orpheus_tts.serve.metrics import Metrics
 from orpheus_tts.serve.playground import add_playground_routes
 from orpheus_tts.serve.state import STATE, ServerState
 from orpheus_tts.speech.snac_batcher import SnacBatcher
-from orpheus_tts.speech.snac_decoder import SnacModel
+from orpheus_tts.speech.snac_decoder import SnacLoadError, SnacModel
 from orpheus_tts.speech.synthesizer import Synthesizer
 
 log = logging.getLogger(__name__)
 
 # Load errors written for users (what to fix): logged without a traceback.
-EXPECTED_LOAD_ERRORS = (LoadError, EngineError, ConfigError, OSError)
+EXPECTED_LOAD_ERRORS = (LoadError, SnacLoadError, EngineError, ConfigError, OSError)
 
 
 def create_app(cfg: RuntimeConfig, loaded: LoadedModel | None = None, *, snac: SnacModel | None = None,

@@ -31,7 +31,7 @@ from orpheus_tts.serve.metrics import Metrics
 from orpheus_tts.speech.audio_codes import FrameAssembler
 from orpheus_tts.speech.prompts import PromptError, Tokenizer, build_prompts
 from orpheus_tts.speech.snac_batcher import SnacBatcher
-from orpheus_tts.speech.snac_decoder import MAX_EMIT, StreamWindows, Window
+from orpheus_tts.speech.windows import MAX_EMIT, StreamWindows, Window
 
 # Frames a window waits for at least once audio is playing. 1 would send a frame the moment the listener's
 # buffer runs dry, at 4x the SNAC work per frame: under overload, when every buffer is dry, that extra work
