@@ -57,7 +57,7 @@ FORMATS: dict[str, AudioFormat] = {
 }
 
 
-def resolve_voice(voice: str | None, voices: tuple[str, ...], default: str) -> str | None:
+def resolve_voice(voice: str | None, voices: tuple[str, ...], default: str) -> str:
     """The model's voice for a request's `voice` (None: the default); an unknown name is returned as is (the
     synthesizer refuses it with `unknown_voice`)."""
     if voice is None:
@@ -91,10 +91,13 @@ class StreamEncoder:
         self._sink = _Sink()
         options = {"flush_packets": "1", **dict(fmt.options)}
         self._container = av.open(self._sink, mode="w", format=fmt.container, container_options=options)
-        self._stream = self._container.add_stream(fmt.codec, rate=SAMPLE_RATE, layout="mono")
-        ctx = self._stream.codec_context
+        stream = self._container.add_stream(fmt.codec, rate=SAMPLE_RATE, layout="mono")
+        assert isinstance(stream, av.AudioStream)  # an audio codec's stream (for the type checker)
+        self._stream = stream
+        ctx = stream.codec_context
         # Each encoder takes its own sample format and (most) a fixed number of samples per frame.
-        sample_format = "s16" if "s16" in [f.name for f in ctx.codec.audio_formats] else ctx.codec.audio_formats[0].name
+        formats = [f.name for f in ctx.codec.audio_formats or ()]
+        sample_format = "s16" if "s16" in formats else formats[0]
         self._resampler = av.AudioResampler(format=sample_format, layout="mono", rate=SAMPLE_RATE,
                                             frame_size=ctx.frame_size or None)  # fmt: skip
         self._samples = 0

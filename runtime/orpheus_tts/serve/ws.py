@@ -98,8 +98,9 @@ class WsSession:
                 self.current = asyncio.create_task(self._answer(job))
                 await asyncio.wait([self.current])  # returns (without raising) also when a cancel stopped it
                 task, self.current = self.current, None
-                if not task.cancelled() and task.exception() is not None:
-                    await self._internal_error(task.exception())
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    await self._internal_error(error)
                     return
         finally:
             if self.current is not None:

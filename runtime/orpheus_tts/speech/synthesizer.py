@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -118,7 +118,7 @@ class Synthesizer:
         except PromptError as e:
             raise SynthesisError(str(e), e.code) from None
 
-    async def stream(self, prompts: list[list[int]], params: SamplingParams) -> AsyncIterator[bytes]:
+    async def stream(self, prompts: list[list[int]], params: SamplingParams) -> AsyncGenerator[bytes, None]:
         """PCM chunks of the whole utterance, in order. Raises SynthesisError if generation or decoding fails."""
         start = time.monotonic()
         utt = Utterance(StreamWindows(), asyncio.Event(), start)
