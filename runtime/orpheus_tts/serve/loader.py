@@ -1,6 +1,6 @@
 """What the server serves: the configured engine, its model spec, tokenizer and SNAC source.
 
-Two ways in (contracts.md):
+Two ways in (docs/architecture.md, "Contracts and their homes"):
 - `cfg.engine_dir`: a directory built by `orpheus-tts build-engine`. Its manifest is checked first
   (complete? built for this GPU and these tool versions?), and its `backend` picks the engine. HF files
   are in engine_dir/model/, a TensorRT engine in engine_dir/engine/, SNAC in engine_dir/snac/.
