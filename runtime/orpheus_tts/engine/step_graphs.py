@@ -1,5 +1,5 @@
 """The device side of an engine step: `decode_step` and `prefill_step` over static per-slot state, and the
-CUDA graphs that replay them at fixed shapes (the engine thread in torch_engine.py drives them).
+CUDA graphs that replay them at fixed shapes (model_runner.py drives them; cuda_graphs.py captures).
 
 Graphs matter because both steps are bound by kernel launches when run eagerly: a decode step at small
 batches, and a prefill always (33-47 ms of wall time for 4-13 ms replayed on the H100, which stalled every
@@ -32,6 +32,7 @@ def decode_step(model: Transformer, sampler: SlotSampler, state: DeviceState, sl
     """One token for each of `slots`; device-only, static shapes, no host sync (CUDA-graph capturable)."""
     # Padding entries of a bucketed batch all decode the scratch slot, whose length would otherwise grow
     # past the cache; real slots never reach the clamp (prompt + max_tokens <= max_seq).
+    assert model.k_cache is not None, "setup_caches first"
     positions = state.lengths[slots].clamp(max=model.k_cache.shape[3] - 1)
     logits = model.decode(state.last_token[slots], slots, positions)
     ids = sampler.sample(logits, slots)
