@@ -10,6 +10,7 @@ import html.parser
 import json
 import math
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -57,7 +58,7 @@ def test_playground_copy_equals_protocol() -> None:
 def test_playground_words_every_retry_reason_and_has_an_input_per_sampling_field() -> None:
     js = (PLAYGROUND / "playground.js").read_text()
     for reason in (BUSY, LOADING, DRAINING):
-        assert f"\n      {reason}: " in js, f"closeMessage has no words for the 1013 reason {reason!r}"
+        assert re.search(rf'^\s+{reason}: "', js, re.M), f"closeMessage has no words for the 1013 reason {reason!r}"
 
     class Inputs(html.parser.HTMLParser):
         def __init__(self) -> None:
