@@ -131,6 +131,13 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_PLAYGROUND": "playground",
 }
 
+# Env names the runtime does not read itself but its libraries do; the images and the operator set them.
+# With ENV_VARS, every env name the operator may render into a runtime or build pod (tests/test_contracts.py).
+LIBRARY_ENV: dict[str, str] = {
+    "HF_HOME": "huggingface_hub's cache (the build Job keeps it on the engines volume, so a retry resumes)",
+    "TLLM_WORKER_USE_SINGLE_PROCESS": "TensorRT-LLM runs its worker in-process instead of through MPI (one GPU a pod)",
+}
+
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(RuntimeConfig)}
 
 
