@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from orpheus_tts.audio import SAMPLES_PER_FRAME
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine.interface import SamplingParams
 from orpheus_tts.engine.model_runner import ModelRunner
@@ -52,7 +53,7 @@ from orpheus_tts.serve.loader import load_tokenizer
 from orpheus_tts.serve.metrics import Metrics
 from orpheus_tts.speech.snac_batcher import SnacBatcher
 from orpheus_tts.speech.synthesizer import Synthesizer
-from orpheus_tts.speech.windows import SAMPLES_PER_FRAME, Window
+from orpheus_tts.speech.windows import Window
 
 
 class Timers:

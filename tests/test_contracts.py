@@ -204,13 +204,14 @@ def test_the_rendered_env_configures_the_runtime_as_the_operator_means() -> None
 
 def test_the_operators_copies_of_the_runtime_limits_match_the_runtime() -> None:
     """The operator cannot import the runtime (separate images): its copies of the limits are tied here."""
+    from orpheus_tts import audio
     from orpheus_tts.config import RuntimeConfig
     from orpheus_tts.model.model_spec import VOICES
-    from orpheus_tts.speech import audio_codes, prompts, windows
+    from orpheus_tts.speech import prompts
 
-    assert exposure.SAMPLE_RATE == windows.SAMPLE_RATE
-    assert exposure.SAMPLES_PER_FRAME == windows.SAMPLES_PER_FRAME
-    assert exposure.TOKENS_PER_FRAME == audio_codes.CODES_PER_FRAME
+    assert exposure.SAMPLE_RATE == audio.SAMPLE_RATE
+    assert exposure.SAMPLES_PER_FRAME == audio.SAMPLES_PER_FRAME
+    assert exposure.TOKENS_PER_FRAME == audio.CODES_PER_FRAME
     assert exposure.PROMPT_OVERHEAD == prompts.PROMPT_OVERHEAD
     assert exposure.MAX_TEXT_CHARS == RuntimeConfig().max_text_chars
     # "name: " of the longest voice fits VOICE_PREFIX_TOKENS (a Llama 3 token holds a short word or more).

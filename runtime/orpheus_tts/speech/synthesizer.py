@@ -18,13 +18,14 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine.interface import Engine, EngineError, GenerationRequest, SamplingParams
 from orpheus_tts.model.model_spec import ModelSpec
+from orpheus_tts.protocol import INTEGER_SAMPLING_FIELDS, SAMPLING_FIELDS
 from orpheus_tts.serve.metrics import Metrics
 from orpheus_tts.speech.audio_codes import FrameAssembler
 from orpheus_tts.speech.prompts import PromptError, Tokenizer, build_prompts
@@ -38,8 +39,6 @@ from orpheus_tts.speech.windows import (  # noqa: F401  (FRAMES_PER_S, MAX_EMIT,
     listener_deadline,
     plan_emit,
 )
-
-SAMPLING_FIELDS = ("temperature", "top_p", "repetition_penalty", "max_tokens", "min_tokens", "seed")
 
 
 def min_emit(buffered: float | None) -> int:
@@ -73,7 +72,7 @@ def sampling_params(cfg: RuntimeConfig, overrides: Mapping[str, Any]) -> Samplin
         value = overrides.get(name)
         if value is None:
             continue
-        integral = name in ("max_tokens", "min_tokens", "seed")
+        integral = name in INTEGER_SAMPLING_FIELDS
         ok = isinstance(value, int) if integral else isinstance(value, (int, float))
         if not ok or isinstance(value, bool):
             raise SynthesisError(f"{name} must be {'an integer' if integral else 'a number'}", "invalid_params")
@@ -112,7 +111,7 @@ class Synthesizer:
         except PromptError as e:
             raise SynthesisError(str(e), e.code) from None
 
-    async def stream(self, prompts: list[list[int]], params: SamplingParams) -> AsyncIterator[bytes]:
+    async def stream(self, prompts: list[list[int]], params: SamplingParams) -> AsyncGenerator[bytes, None]:
         """PCM chunks of the whole utterance, in order. Raises SynthesisError if generation or decoding fails."""
         start = time.monotonic()
         utt = Utterance(StreamWindows(), asyncio.Event(), start)

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orpheus_tts.audio import FRAMES_PER_S
 from orpheus_tts.speech.audio_codes import Frame
 
-SAMPLE_RATE = 24000
-SAMPLES_PER_FRAME = 2048
 LEFT_CONTEXT = 2
 RIGHT_CONTEXT = 1
 # Frames emitted per window at most: bigger windows cost fewer decode frames per audio frame
@@ -89,7 +88,6 @@ class StreamWindows:
 
 # -- when a window goes out: the emit policy (issue #17) ----------------------------------------------
 
-FRAMES_PER_S = SAMPLE_RATE / SAMPLES_PER_FRAME
 # Frames a window waits for at least once audio is playing (policy "frames"). 1 would send a frame the
 # moment the listener's buffer runs dry, at 4x the SNAC work per frame: under overload, when every buffer
 # is dry, that extra work is what tips the GPU over (measured: docs/benchmarks.md).
