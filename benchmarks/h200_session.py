@@ -48,6 +48,10 @@ OTHER_LEVERS: dict[str, dict[str, str]] = {
     "snac-deadline+emit-paced": GAP_LEVERS,
     "kv-fp8+linear-fp8+snac-deadline+emit-paced": {**MODEL_LEVERS["kv-fp8+linear-fp8"], **GAP_LEVERS},
     "kv-int8+snac-deadline+emit-paced": {**MODEL_LEVERS["kv-int8"], **GAP_LEVERS},
+    # The gap levers' old defaults (before they became the defaults), for an A/B in the same run.
+    "snac-shape+emit-frames": {"ORPHEUS_SNAC_ORDER": "shape", "ORPHEUS_EMIT_POLICY": "frames"},
+    # The host side: Python's GIL switch interval (the server's default is 1 ms; benchmarks/host_bench.py).
+    "gil-switch-0.5ms": {"ORPHEUS_GIL_SWITCH_INTERVAL_MS": "0.5"},
 }
 LEVERS = {**MODEL_LEVERS, **OTHER_LEVERS}
 # The gap levers alone change nothing about throughput: they are measured where the baseline's gaps are.

@@ -55,8 +55,10 @@ class RuntimeConfig:
     # issue #17 levers (speech/snac_batcher.py, speech/windows.py): SNAC queue order, "shape" (first come
     # first served, shortest windows first) | "deadline" (the listener with the least audio left first);
     # when a window goes out, "frames" (wait for 2..4 frames) | "paced" (by the listener's buffered audio).
-    snac_order: str = "shape"
-    emit_policy: str = "frames"
+    # Default deadline + paced: on the H200 they took streams with a gap (100 ms jitter buffer) at N=192 from
+    # 20 to 0 at the same throughput (benchmarks/results/2026-12-01-h200-session-levers.json).
+    snac_order: str = "deadline"
+    emit_policy: str = "paced"
 
     # Default sampling (a request may override each).
     temperature: float = 0.6

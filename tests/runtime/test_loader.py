@@ -110,4 +110,6 @@ async def test_engine_dir_from_build_engine(tmp_path):
     loaded = load_engine(_cfg(engine_dir=str(out)))
     assert "int8" in loaded.description and loaded.snac_source == str(out / "snac")
     assert len(await _speak(loaded, "Hello world.")) <= 14
-    assert loaded.engine.runner.model.layers[0].wqkv.weight.dtype.is_floating_point is False  # int8 kept, not upcast
+    # The int8 checkpoint is dequantised once at load (model/int8_weights.py): the GPU holds the serving dtype, not
+    # an int8 weight dequantised again in every forward.
+    assert loaded.engine.runner.model.layers[0].wqkv.weight.dtype.is_floating_point
