@@ -68,9 +68,9 @@ def model_part(env: dict[str, str]) -> str | None:
     return next((name for name, e in MODEL_LEVERS.items() if e == wanted), None)
 
 
-def lever_levels(name: str, default: str) -> list[int]:
+def lever_levels(name: str, default: str, gap_levels: str = GAP_ONLY_LEVELS) -> list[int]:
     model_free = model_part(LEVERS[name]) is None
-    return parse_levels(GAP_ONLY_LEVELS if model_free else default)
+    return parse_levels(gap_levels if model_free else default)
 
 
 TOKENS_PER_SECOND_REALTIME = 82.03
@@ -247,7 +247,9 @@ class Session:
                     self.record(f"lever-{name}", {"server_env": LEVERS[name], "skipped": "failed the GPU check",
                                                   "check": check_entry})  # fmt: skip
                     continue
-            self.server(f"lever-{name}", LEVERS[name], lever_levels(name, self.args.lever_levels), extra)
+            self.server(
+                f"lever-{name}", LEVERS[name], lever_levels(name, self.args.lever_levels, self.args.gap_levels), extra
+            )
 
     def peer(self) -> None:
         part: dict = {}
@@ -323,8 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shape", default="orpheus-3b", help="make-tiny-model shape; 'tiny' for a CPU dry run")
     ap.add_argument("--device", default="cuda", help="lever_check.py's device; 'cpu' for a dry run")
     ap.add_argument("--baseline-levels", default="1,64,192,256,320,400")
-    ap.add_argument("--lever-levels", default="1,256,320,400",
-                    help=f"levels of levers with a model part (gap levers alone: {GAP_ONLY_LEVELS})")  # fmt: skip
+    ap.add_argument("--lever-levels", default="1,256,320,400", help="levels of levers with a model part")
+    ap.add_argument("--gap-levels", default=GAP_ONLY_LEVELS, help="levels of levers without a model part")
     ap.add_argument("--levers", default=DEFAULT_LEVERS, help=f"in order, from: {', '.join(LEVERS)}")
     ap.add_argument("--tokens", type=int, default=600)
     ap.add_argument("--arrival-s", type=float, default=2.0)
