@@ -7,9 +7,12 @@ bash scripts/system-deps.sh
 source scripts/env.sh
 echo "==> ruff"
 ruff check .
+ruff format --check .
+echo "==> mypy (runtime and operator packages; [tool.mypy] in pyproject.toml)"
+mypy
 echo "==> building the test control plane (cached after the first run)"
 bash tests/k8s/build.sh
 echo "==> building the e2e node: kubelet, containerd, CoreDNS, Traefik, ... (cached after the first run)"
 bash tests/k8s/build-node.sh
 echo "==> pytest"
-python -m pytest -q -ra "$@"
+python -m pytest -q -ra --durations=15 "$@"
