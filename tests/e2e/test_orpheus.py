@@ -501,7 +501,7 @@ def traefik_backends() -> set[str]:
     return {urllib.parse.urlsplit(url).hostname for url in servers}
 
 
-def test_spill_over_by_readiness_through_the_gateway(cluster: Cluster, two_replicas: None) -> None:
+def test_spill_over_by_readiness_through_the_gateway(cluster: Cluster, ready: list[str]) -> None:
     """Issue #12 on the real node: 3 runtime pods with spec.runtime.loadAwareReadiness and 5 stream places each,
     behind their Service and Traefik, and real `websockets` clients of the gateway. The scenario (fill; departures
     that leave one pod full; demand to 90%, then 120% of the capacity; everyone admitted speaks again) and why its
@@ -523,7 +523,8 @@ def test_spill_over_by_readiness_through_the_gateway(cluster: Cluster, two_repli
         pods = runtime_pods(cluster)
         env = [{e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]} for p in pods]
         return settled(cluster, 3) and all(
-            e.get("ORPHEUS_LOAD_AWARE_READINESS") == "1" and e.get("ORPHEUS_MAX_STREAMS") == "5" for e in env
+            e.get("ORPHEUS_LOAD_AWARE_READINESS") == "1" and e.get("ORPHEUS_MAX_STREAMS") == str(SPILL_STREAMS_PER_POD)
+            for e in env
         )
 
     wait_until(rolled, READY_TIMEOUT_S, "3 pods with load-aware readiness")
