@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+from orpheus_tts.engine.cuda_graphs import capture
 from orpheus_tts.engine.sampling import SlotParams, SlotSampler, draw, output_rows
-from orpheus_tts.engine.step_graphs import DeviceState, PrefillGraphs, capture, decode_step, prefill_step
+from orpheus_tts.engine.step_graphs import DeviceState, PrefillGraphs, decode_step, prefill_step
 from orpheus_tts.model.llama import LayerOps, Transformer
 from orpheus_tts.model.model_spec import ModelSpec
 

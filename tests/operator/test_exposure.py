@@ -17,10 +17,10 @@ def test_runtime_limits_match_the_runtime() -> None:
     """The operator cannot import the runtime (separate images): its copies of the limits are tied here."""
     from orpheus_tts.config import RuntimeConfig
     from orpheus_tts.model.model_spec import VOICES
-    from orpheus_tts.speech import audio_codes, prompts, snac_decoder
+    from orpheus_tts.speech import audio_codes, prompts, windows
 
-    assert exposure.SAMPLE_RATE == snac_decoder.SAMPLE_RATE
-    assert exposure.SAMPLES_PER_FRAME == snac_decoder.SAMPLES_PER_FRAME
+    assert exposure.SAMPLE_RATE == windows.SAMPLE_RATE
+    assert exposure.SAMPLES_PER_FRAME == windows.SAMPLES_PER_FRAME
     assert exposure.TOKENS_PER_FRAME == audio_codes.CODES_PER_FRAME
     assert exposure.PROMPT_OVERHEAD == prompts.PROMPT_OVERHEAD
     assert exposure.MAX_TEXT_CHARS == RuntimeConfig().max_text_chars

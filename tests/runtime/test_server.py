@@ -28,7 +28,8 @@ from orpheus_tts.engine.interface import EngineError
 from orpheus_tts.serve.loader import load_engine
 from orpheus_tts.serve.server import STATE, create_app, parse_message, parse_speech_body, runner_options
 from orpheus_tts.speech.audio_codes import frames_from_ids
-from orpheus_tts.speech.snac_decoder import SAMPLES_PER_FRAME, SnacModel, disable_noise, to_pcm16
+from orpheus_tts.speech.snac_decoder import SnacModel, disable_noise, to_pcm16
+from orpheus_tts.speech.windows import SAMPLES_PER_FRAME
 
 END = b"__END__"
 FRAME_BYTES = SAMPLES_PER_FRAME * 2

@@ -126,7 +126,8 @@ async def test_real_snac_batched_equals_unbatched():
     from snac import SNAC
 
     from orpheus_tts.model.tiny_model import SNAC_24KHZ_CONFIG
-    from orpheus_tts.speech.snac_decoder import SnacModel, StreamWindows, disable_noise
+    from orpheus_tts.speech.snac_decoder import SnacModel, disable_noise
+    from orpheus_tts.speech.windows import StreamWindows
 
     torch.manual_seed(0)
     # A narrow decoder (same rates, so same frame/sample layout) keeps this fast on CPU.

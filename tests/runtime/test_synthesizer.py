@@ -13,7 +13,7 @@ from orpheus_tts.engine.interface import EngineError, EngineLoad, SamplingParams
 from orpheus_tts.model.model_spec import load_model_spec
 from orpheus_tts.speech.audio_codes import frame_to_ids, frames_from_ids
 from orpheus_tts.speech.snac_batcher import SnacBatcher
-from orpheus_tts.speech.snac_decoder import MAX_EMIT, SAMPLES_PER_FRAME, SnacModel, disable_noise, to_pcm16
+from orpheus_tts.speech.snac_decoder import SnacModel, disable_noise, to_pcm16
 from orpheus_tts.speech.synthesizer import (
     FRAMES_PER_S,
     PLAYING_MIN_EMIT,
@@ -22,6 +22,7 @@ from orpheus_tts.speech.synthesizer import (
     min_emit,
     sampling_params,
 )
+from orpheus_tts.speech.windows import MAX_EMIT, SAMPLES_PER_FRAME
 
 TEXT = "Hello world. How are you doing today? She sells sea shells by the sea shore."
 

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from orpheus_tts.config import RuntimeConfig
-from orpheus_tts.engine.graph_buckets import batch_buckets
 from orpheus_tts.engine.interface import EngineError, GenerationRequest, SamplingParams
 from orpheus_tts.engine.step_graphs import DecodeGraphs, PrefillGraphs
 from orpheus_tts.engine.torch_engine import TorchEngine
@@ -192,14 +191,6 @@ async def test_not_started_and_closed(make_engine, tiny_model_dir):
     with pytest.raises(EngineError) as e:
         await asyncio.wait_for(running, 10)
     assert e.value.kind == "closed"
-
-
-def test_batch_buckets():
-    assert batch_buckets(1) == [1]
-    assert batch_buckets(20) == [1, 2, 4, 8, 16, 20]
-    assert batch_buckets(64) == [1, 2, 4, 8, 16, 32, 64]
-    assert batch_buckets(200) == [1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 200]
-    assert batch_buckets(100, step=100) == [1, 2, 4, 8, 16, 32, 64, 100]  # SNAC's buckets
 
 
 async def test_padded_buckets_give_same_tokens(make_engine):

@@ -10,13 +10,11 @@ holds it, padded with entries that point at the scratch slot; their results are 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from orpheus_tts.engine.graph_buckets import batch_buckets
+from orpheus_tts.engine.cuda_graphs import GraphSet, batch_buckets, bucket_for
 from orpheus_tts.engine.sampling import SlotSampler
 from orpheus_tts.model.llama import Transformer
 
@@ -60,22 +58,6 @@ def right_padded(prompts: list[list[int]], rows: int, width: int) -> torch.Tenso
     return tokens
 
 
-def capture(step: Callable[[], torch.Tensor], pool: Any) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    """`step` recorded into a CUDA graph sharing memory pool `pool` (None: a new one); returns the graph and
-    its static output. A run on a side stream first pays the lazy inits, Triton/torch.compile compilation and
-    kernel selection outside the capture."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    # thread_local: other threads (the SNAC decoder warming up) may use the GPU meanwhile.
-    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-        out = step()
-    return graph, out
-
-
 class DecodeGraphs:
     """`decode_step` at a fixed set of batch sizes, one CUDA graph per size (`capture=True`, CUDA only).
 
@@ -92,30 +74,25 @@ class DecodeGraphs:
         self.buckets = batch_buckets(capacity)
         device = state.lengths.device
         self.slots = {b: torch.full((b,), scratch_slot, dtype=torch.long, device=device) for b in self.buckets}
-        self.outputs: dict[int, torch.Tensor] = {}
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: GraphSet[int] = GraphSet()
         if capture:
             self._capture()
 
     def _capture(self) -> None:
-        pool = None
         # Largest first: smaller graphs then fit in the memory pool the largest one reserved.
         for b in reversed(self.buckets):
-            step = functools.partial(decode_step, self.model, self.sampler, self.state, self.slots[b])
-            self.graphs[b], self.outputs[b] = capture(step, pool)
-            pool = self.graphs[b].pool()
+            self.graphs.capture(b, functools.partial(decode_step, self.model, self.sampler, self.state, self.slots[b]))
         torch.cuda.synchronize()
         # Capture and warm-up advanced the scratch slot; give it a clean start.
         self.state.lengths[self.scratch] = 0
 
     def run(self, slots: list[int]) -> torch.Tensor:
         n = len(slots)
-        b = next(size for size in self.buckets if size >= n)
+        b = bucket_for(self.buckets, n)
         padded = torch.tensor(slots + [self.scratch] * (b - n), dtype=torch.long)
         self.slots[b].copy_(padded, non_blocking=True)
         if b in self.graphs:
-            self.graphs[b].replay()
-            out = self.outputs[b]
+            out = self.graphs.replay(b)
         else:
             out = decode_step(self.model, self.sampler, self.state, self.slots[b])
         return out[:n]
@@ -146,8 +123,8 @@ class PrefillGraphs:
                 slots = torch.full((n,), scratch_slot, dtype=torch.long, device=device)
                 lengths = torch.ones(n, dtype=torch.long, device=device)
                 self.inputs[(n, t)] = (torch.zeros((n, t), dtype=torch.long, device=device), slots, lengths)
-        self.outputs: dict[tuple[int, int], torch.Tensor] = {}
-        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        # Its own pool: a prefill's output must survive the decode graph replayed after it.
+        self.graphs: GraphSet[tuple[int, int]] = GraphSet()
         if capture:
             self._capture()
 
@@ -155,10 +132,8 @@ class PrefillGraphs:
         return prefill_step(self.model, self.sampler, self.state, *self.inputs[shape])
 
     def _capture(self) -> None:
-        pool = None  # its own pool: a prefill's output must survive the decode graph replayed after it
         for shape in sorted(self.inputs, key=lambda s: -s[0] * s[1]):  # largest first, as for decode
-            self.graphs[shape], self.outputs[shape] = capture(functools.partial(self._step, shape), pool)
-            pool = self.graphs[shape].pool()
+            self.graphs.capture(shape, functools.partial(self._step, shape))
         torch.cuda.synchronize()
         self.state.lengths[self.scratch] = 0
 
@@ -168,16 +143,15 @@ class PrefillGraphs:
         return torch.cat([self._run(prompts[i : i + most], slots[i : i + most]) for i in range(0, len(prompts), most)])
 
     def _run(self, prompts: list[list[int]], slots: list[int]) -> torch.Tensor:
-        n = next(size for size in self.sizes if size >= len(prompts))
-        t = next(length for length in self.lengths if length >= max(map(len, prompts)))
+        n = bucket_for(self.sizes, len(prompts))
+        t = bucket_for(self.lengths, max(map(len, prompts)))
         pad = n - len(prompts)
         static_tokens, static_slots, static_lengths = self.inputs[(n, t)]
         static_tokens.copy_(right_padded(prompts, n, t), non_blocking=True)
         static_slots.copy_(torch.tensor(slots + [self.scratch] * pad), non_blocking=True)
         static_lengths.copy_(torch.tensor([len(p) for p in prompts] + [1] * pad), non_blocking=True)
         if (n, t) in self.graphs:
-            self.graphs[(n, t)].replay()
-            out = self.outputs[(n, t)]
+            out = self.graphs.replay((n, t))
         else:
             out = self._step((n, t))
         return out[: len(prompts)].clone()  # the next replay of this pool overwrites `out`

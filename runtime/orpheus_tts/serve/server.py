@@ -52,7 +52,7 @@ from orpheus_tts.serve.openai_compat import DEFAULT_FORMAT, FORMATS, StreamEncod
 from orpheus_tts.serve.playground import add_playground_routes
 from orpheus_tts.serve.readiness import LoadReadiness, watermarks  # issue #12
 from orpheus_tts.speech.snac_batcher import SnacBatcher
-from orpheus_tts.speech.snac_decoder import SnacModel
+from orpheus_tts.speech.snac_decoder import SnacLoadError, SnacModel
 from orpheus_tts.speech.synthesizer import SAMPLING_FIELDS, SynthesisError, Synthesizer, sampling_params
 from orpheus_tts.speech.wav import SAMPLE_RATE, wav_header
 
@@ -624,7 +624,8 @@ def create_app(cfg: RuntimeConfig, loaded: LoadedModel | None = None, *, snac: S
         except Exception as e:
             state.load_error = str(e)
             # Load errors are written for users (what to fix); a traceback only for the unexpected.
-            log.error("cannot serve: %s", e, exc_info=not isinstance(e, (LoadError, EngineError, ConfigError, OSError)))
+            expected = (LoadError, SnacLoadError, EngineError, ConfigError, OSError)
+            log.error("cannot serve: %s", e, exc_info=not isinstance(e, expected))
             if state.on_fatal is not None:
                 state.on_fatal()
             if not background_load:

@@ -1,23 +1,5 @@
-"""SNAC frames -> 24 kHz PCM, streamed: each stream's audio is cut into overlapping windows whose kept
-parts, concatenated, equal one offline `SNAC.decode` of all its frames.
-
-SNAC's decoder is convolutional (no attention in the 24 kHz model), so a sample depends only on nearby
-frames. Measured with random weights (noise disabled, fp32, 3 seeds, vs one offline decode):
-
-    left/right context (frames)   1/1        2/1        3/1        1/2        2/2
-    SNR (dB)                      43-50      46-53      46-53      46-53      85-91
-
-A code's influence spans about 2.2 frames to the left and 2.5 to the right of its own frame; beyond
-2 frames left / 1 right the error is below -40 dB. Right context is latency (a frame is emitted only once
-the next one exists), left context only compute, hence 2 left / 1 right: first audio after 2 frames.
-Streams end with their true right edge (the last window is decoded without padding), and the first
-windows start at the true left edge, so both edges match the offline decode exactly.
-
-Window shapes: a window is its emitted frames plus 2 left and 1 right: 4..WINDOW_FRAMES frames in steady
-state, fewer at a stream's start (1..WINDOW_FRAMES frames in all, a small fixed set). Windows of one shape
-batch into one model call. A window that emits one frame decodes 4, not WINDOW_FRAMES: under load, when
-listeners' buffers run low and frames go out one by one, that keeps SNAC's share of the GPU from growing
-exactly when the GPU is short.
+"""SNAC windows -> 24 kHz PCM on the device: the SNAC network, its CUDA graphs and its loading. Which frames
+form a window, and why, is windows.py (pure, no torch).
 """
 
 from __future__ import annotations
@@ -25,76 +7,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
-from dataclasses import dataclass
 
 import torch
 
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.devices import pick_device
-from orpheus_tts.engine.graph_buckets import batch_buckets
+from orpheus_tts.engine.cuda_graphs import GraphSet, batch_buckets, bucket_for
 from orpheus_tts.speech.audio_codes import Frame, snac_codes
+from orpheus_tts.speech.windows import SAMPLES_PER_FRAME, WINDOW_FRAMES, Window
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 24000
-SAMPLES_PER_FRAME = 2048
-LEFT_CONTEXT = 2
-RIGHT_CONTEXT = 1
-# Frames emitted per window at most: bigger windows cost fewer decode frames per audio frame
-# (WINDOW_FRAMES / MAX_EMIT = 1.75x instead of 4x for the reference decoder's 4-frame-per-frame scheme)
-# while a stream still gets new audio every <= 4 frames (341 ms).
-MAX_EMIT = 4
-WINDOW_FRAMES = LEFT_CONTEXT + MAX_EMIT + RIGHT_CONTEXT
 SNAC_FILES = ["config.json", "pytorch_model.bin"]
 
 
-@dataclass(frozen=True)
-class Window:
-    """Frames decoded together; the samples of frames [keep_from, keep_to) are the stream's next audio."""
-
-    frames: tuple[Frame, ...]
-    keep_from: int
-    keep_to: int
-
-    @property
-    def n_frames(self) -> int:
-        return len(self.frames)
-
-
-class StreamWindows:
-    """Per stream (pure): frames in, windows out, in order, each audio frame exactly once."""
-
-    def __init__(self) -> None:
-        self._frames: list[Frame] = []
-        self._base = 0  # stream index of self._frames[0]: old frames are dropped once no window needs them
-        self.received = 0
-        self.emitted = 0  # frames whose audio has been handed out in a window
-
-    def add(self, frames: list[Frame]) -> None:
-        self._frames += frames
-        self.received += len(frames)
-
-    def next_window(self, final: bool = False, min_emit: int = 1) -> Window | None:
-        """The next window to decode, or None until more frames arrive. `final`: no more frames will.
-        `min_emit` (1..MAX_EMIT): hold back until that many frames can be emitted (unless final)."""
-        remaining = self.received - self.emitted
-        if final and 0 < remaining <= MAX_EMIT + RIGHT_CONTEXT:
-            return self._take(self.received, self.received)  # the true right edge, no padding
-        count = min(remaining - RIGHT_CONTEXT, MAX_EMIT)
-        if count < max(1, min_emit):
-            return None
-        return self._take(self.emitted + count, self.emitted + count + RIGHT_CONTEXT)
-
-    def _take(self, emit_to: int, end: int) -> Window:
-        start = max(0, self.emitted - LEFT_CONTEXT)
-        frames = tuple(self._frames[start - self._base : end - self._base])
-        window = Window(frames, self.emitted - start, emit_to - start)
-        self.emitted = emit_to
-        drop = self.emitted - LEFT_CONTEXT - self._base  # no later window starts before emitted - LEFT_CONTEXT
-        if drop > 0:
-            del self._frames[:drop]
-            self._base += drop
-        return window
+class SnacLoadError(RuntimeError):
+    """The SNAC decoder cannot be loaded; the message says why (the server reports it like a LoadError)."""
 
 
 def _snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -174,8 +102,9 @@ class SnacModel:
         # Powers of two only: SNAC batches are small and a graph per size is cheap.
         self.buckets = batch_buckets(max_batch, step=max_batch)
         self.use_graphs = cuda_graphs and device.type == "cuda"
-        # (frames, bucket) -> (graph, static codes per level, static audio out)
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
+        # Captured on SNAC's stream, after two warm-up calls (compilation, cuDNN/cuBLAS kernel choice).
+        self.graphs: GraphSet[tuple[int, int]] = GraphSet(self.stream, warmup_runs=2)  # (frames, bucket)
+        self.graph_inputs: dict[tuple[int, int], list[torch.Tensor]] = {}  # static codes per level
 
     def codes_tensors(self, batch: list[tuple[Frame, ...]]) -> list[torch.Tensor]:
         """Equal-length frame sequences -> SNAC's three code tensors (B, n), (B, 2n), (B, 4n), on the CPU."""
@@ -187,28 +116,22 @@ class SnacModel:
         """Equal-length frame sequences -> float audio (B, n * 2048) in [-1, 1], on the device."""
         codes = self.codes_tensors(batch)
         n_frames, b = len(batch[0]), len(batch)
-        bucket = next((size for size in self.buckets if size >= b), None)
-        if not self.use_graphs or bucket is None:
+        if not self.use_graphs or b > self.buckets[-1]:
             return self._decode([c.to(self.device) for c in codes])[:, 0]
-        graph, inputs, out = self.graphs.get((n_frames, bucket)) or self._capture(n_frames, bucket)
-        for static, c in zip(inputs, codes, strict=True):
+        bucket = bucket_for(self.buckets, b)
+        key = (n_frames, bucket)
+        if key not in self.graphs:
+            self._capture(key)
+        for static, c in zip(self.graph_inputs[key], codes, strict=True):
             static[:b].copy_(c, non_blocking=True)
             static[b:].copy_(c[:1].expand(bucket - b, -1), non_blocking=True)  # padding rows: any valid codes
-        graph.replay()
-        return out[:b]
+        return self.graphs.replay(key)[:b]
 
-    def _capture(self, n_frames: int, bucket: int):
+    def _capture(self, key: tuple[int, int]) -> None:
+        n_frames, bucket = key
         inputs = [torch.zeros((bucket, n_frames * k), dtype=torch.long, device=self.device) for k in (1, 2, 4)]
-        self.stream.synchronize()
-        for _ in range(2):  # warm-up outside capture: compilation, cuDNN/cuBLAS kernel choice
-            self._decode(inputs)
-        self.stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        pool = next(iter(self.graphs.values()))[0].pool() if self.graphs else None
-        with torch.cuda.graph(graph, pool=pool, stream=self.stream, capture_error_mode="thread_local"):
-            out = self._decode(inputs)[:, 0]
-        self.graphs[(n_frames, bucket)] = (graph, inputs, out)
-        return self.graphs[(n_frames, bucket)]
+        self.graph_inputs[key] = inputs
+        self.graphs.capture(key, lambda: self._decode(inputs)[:, 0])
 
     def decode_windows(self, windows: list[Window]) -> list[bytes]:
         """One model call for windows of one shape -> each window's kept audio as s16le bytes."""
@@ -240,12 +163,11 @@ def load_snac(source: str, cfg: RuntimeConfig) -> SnacModel:
     from snac import SNAC
 
     from orpheus_tts.build.hub import HubError, resolve_model
-    from orpheus_tts.serve.loader import LoadError
 
     try:
         path = resolve_model(source, None, cfg.hf_token, allow_patterns=SNAC_FILES, offline=cfg.hf_offline)
     except HubError as e:
-        raise LoadError(f"SNAC decoder {source}: {e}") from e
+        raise SnacLoadError(f"SNAC decoder {source}: {e}") from e
     device = pick_device(cfg.snac_device)
     log.info("loading SNAC from %s on %s", source if not pathlib.Path(source).is_dir() else path, device)
     return SnacModel(SNAC.from_pretrained(str(path)), device, cfg.snac_max_batch, cfg.snac_cuda_graphs,

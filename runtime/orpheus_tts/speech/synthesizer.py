@@ -29,7 +29,7 @@ from orpheus_tts.serve.metrics import Metrics
 from orpheus_tts.speech.audio_codes import FrameAssembler
 from orpheus_tts.speech.prompts import PromptError, Tokenizer, build_prompts
 from orpheus_tts.speech.snac_batcher import SnacBatcher
-from orpheus_tts.speech.snac_decoder import MAX_EMIT, SAMPLE_RATE, SAMPLES_PER_FRAME, StreamWindows, Window
+from orpheus_tts.speech.windows import MAX_EMIT, SAMPLE_RATE, SAMPLES_PER_FRAME, StreamWindows, Window
 
 SAMPLING_FIELDS = ("temperature", "top_p", "repetition_penalty", "max_tokens", "min_tokens", "seed")
 FRAMES_PER_S = SAMPLE_RATE / SAMPLES_PER_FRAME
