@@ -230,7 +230,7 @@ async def test_compressed_audio_is_streamed(fast_model_dir):
         async with aiohttp.ClientSession() as s, s.post(server.make_url("/v1/audio/speech"), json=body) as r:
             assert r.status == 200 and r.headers["Transfer-Encoding"] == "chunked"
             first = await asyncio.wait_for(r.content.readany(), 30)  # before the utterance is done
-            assert first and server.app[STATE].loaded.engine.load().active == 1
+            assert first and server.app[STATE].loaded.engine.occupancy().active == 1
             data = first + await r.read()
         assert decode(data)[1] >= 73 * 2048
         await assert_clean(server)

@@ -110,4 +110,4 @@ async def test_engine_dir_from_build_engine(tmp_path):
     loaded = load_engine(_cfg(engine_dir=str(out)))
     assert "int8" in loaded.description and loaded.snac_source == str(out / "snac")
     assert len(await _speak(loaded, "Hello world.")) <= 14
-    assert loaded.engine.model.layers[0].wqkv.weight.dtype.is_floating_point is False  # int8 kept, not upcast
+    assert loaded.engine.runner.model.layers[0].wqkv.weight.dtype.is_floating_point is False  # int8 kept, not upcast

@@ -111,10 +111,10 @@ async def assert_clean(server: TestServer, timeout: float = 10.0, streams: int =
     state = server.app[STATE]
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        load = state.loaded.engine.load()
-        if state.active == streams and load.active == 0 and load.queued == 0:
+        occupancy = state.loaded.engine.occupancy()
+        if state.active == streams and occupancy.active == 0 and occupancy.queued == 0:
             break
-        assert asyncio.get_running_loop().time() < deadline, (state.active, load)
+        assert asyncio.get_running_loop().time() < deadline, (state.active, occupancy)
         await asyncio.sleep(0.05)
     async with aiohttp.ClientSession() as s, s.get(server.make_url("/readyz")) as r:
         assert r.status == 200
@@ -364,10 +364,10 @@ async def test_slow_reader_does_not_stall_others(server):
         # The engine finishes the slow reader's request too: generation never waits on a socket.
         engine = state.loaded.engine
         for _ in range(1200):
-            if engine.load().active == 0:
+            if engine.occupancy().active == 0:
                 break
             await asyncio.sleep(0.05)
-        assert engine.load().active == 0, engine.load()
+        assert engine.occupancy().active == 0, engine.occupancy()
         assert sorted(len(v) for v in engine.ids.values())[-1] == 511
         assert state.active == 1  # its socket is still open, holding only its stream place
         assert session.current is not None and not session.current.done(), "the answer should still be sending"

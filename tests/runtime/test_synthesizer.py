@@ -9,7 +9,7 @@ from test_server import RecordingEngine
 from tokenizers import Tokenizer
 
 from orpheus_tts.config import RuntimeConfig
-from orpheus_tts.engine.interface import EngineError, EngineLoad, SamplingParams
+from orpheus_tts.engine.interface import EngineError, EngineOccupancy, SamplingParams
 from orpheus_tts.model.model_spec import load_model_spec
 from orpheus_tts.speech.audio_codes import frame_to_ids, frames_from_ids
 from orpheus_tts.speech.snac_batcher import SnacBatcher
@@ -40,8 +40,8 @@ class FakeEngine:
 
     capacity = 4
 
-    def load(self) -> EngineLoad:
-        return EngineLoad(self.active, 0, self.capacity)
+    def occupancy(self) -> EngineOccupancy:
+        return EngineOccupancy(self.active, 0, self.capacity)
 
     def submit(self, request):
         self.submitted.append(request.request_id)
@@ -230,6 +230,6 @@ async def test_real_tiny_model_streamed_equals_offline(make_synth, tiny_model_di
         assert out.size == offline.size == len(frames) * SAMPLES_PER_FRAME
         err = np.sum((out.astype(float) - offline) ** 2)
         assert 10 * np.log10(np.sum(offline.astype(float) ** 2) / max(err, 1e-9)) >= 40
-        assert engine.load().active == 0
+        assert engine.occupancy().active == 0
     finally:
         await engine.close()

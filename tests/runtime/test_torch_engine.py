@@ -52,13 +52,13 @@ def _assert_audio_constrained(ids: list[int]) -> None:
 async def test_many_concurrent_requests_queue(make_engine):
     engine = await make_engine(capacity=4)
     lengths = [5 + 3 * i for i in range(16)]
-    seen_load = []
+    seen = []
 
     async def run(i: int) -> list[list[int]]:
         out = []
         async for ids in engine.submit(_req(f"r{i}", i, max_tokens=lengths[i], min_tokens=lengths[i])):
             out.append(ids)
-            seen_load.append(engine.load())
+            seen.append(engine.occupancy())
         return out
 
     results = await asyncio.gather(*(run(i) for i in range(16)))
@@ -68,9 +68,9 @@ async def test_many_concurrent_requests_queue(make_engine):
         ids = [t for c in chunks for t in c]
         assert len(ids) == lengths[i]
         _assert_audio_constrained(ids)
-    assert max(load.active for load in seen_load) == 4
-    assert max(load.queued for load in seen_load) > 0  # requests really waited for a slot
-    assert engine.load().active == 0 and engine.load().queued == 0
+    assert max(o.active for o in seen) == 4
+    assert max(o.queued for o in seen) > 0  # requests really waited for a slot
+    assert engine.occupancy().active == 0 and engine.occupancy().queued == 0
 
 
 async def test_batched_equals_single(make_engine):
@@ -105,7 +105,7 @@ async def test_cancel_frees_slot(make_engine):
     long = engine.submit(_req("long", max_tokens=2000, min_tokens=2000))
     queued = asyncio.create_task(_collect(engine.submit(_req("queued", max_tokens=10, min_tokens=10))))
     got = [await long.__anext__() for _ in range(3)]
-    assert engine.load().queued == 1
+    assert engine.occupancy().queued == 1
     engine.cancel("long")
     rest = await _collect(long)  # the stream ends quietly
     assert len(got) + len(rest) < 2000
@@ -132,9 +132,10 @@ async def test_abandoned_iterator_and_cancelled_task_free_slot(make_engine):
 async def test_stop_and_min_tokens(make_engine):
     engine = await make_engine(capacity=2)
     # Make the model want to stop at every step: the stop id's logit is the last output row.
-    logits = engine.model.logits
-    engine.model.logits = lambda h: logits(h) + torch.nn.functional.one_hot(
-        torch.tensor(engine.model.out_weight.shape[0] - 1), engine.model.out_weight.shape[0]) * 1e4  # fmt: skip
+    model = engine.runner.model
+    logits = model.logits
+    model.logits = lambda h: logits(h) + torch.nn.functional.one_hot(
+        torch.tensor(model.out_weight.shape[0] - 1), model.out_weight.shape[0]) * 1e4  # fmt: skip
     assert await _collect(engine.submit(_req("stop-now", max_tokens=50))) == []  # stop at i == 0
     # min_tokens 9: no stop before, then the first frame boundary (14) ends it.
     ids = await _collect(engine.submit(_req("stop-later", max_tokens=50, min_tokens=9)))
@@ -165,14 +166,14 @@ async def test_bad_requests_fail_alone(make_engine):
 
 async def test_prefill_failure_fails_only_that_request(make_engine):
     engine = await make_engine(capacity=4)
-    prefill = engine.model.prefill
+    prefill = engine.runner.model.prefill
 
     def flaky(tokens, slots, lengths):
         if bool((tokens == 501).any()):  # PROMPTS[1] breaks prefill
             raise RuntimeError("boom")
         return prefill(tokens, slots, lengths)
 
-    engine.model.prefill = flaky
+    engine.runner.model.prefill = flaky
     results = await asyncio.gather(*(_collect(engine.submit(_req(f"p{i}", i, max_tokens=8, min_tokens=8)))
                                      for i in range(3)), return_exceptions=True)  # fmt: skip
     assert isinstance(results[1], EngineError) and "boom" in str(results[1])
@@ -197,7 +198,7 @@ async def test_padded_buckets_give_same_tokens(make_engine):
     """The CUDA-graph path's padding (extra entries on the scratch slot, prompts padded to a length bucket,
     prompts split over several prefills) changes no request's tokens."""
     engine = await make_engine(capacity=6)
-    assert engine.graphs is None and engine.prefill_graphs is None  # CPU: no graphs
+    assert engine.runner.graphs is None and engine.runner.prefill_graphs is None  # CPU: no graphs
     lengths = [9, 16, 23]
 
     async def run(tag: str) -> list[list[int]]:
@@ -205,10 +206,11 @@ async def test_padded_buckets_give_same_tokens(make_engine):
                                       for i, n in enumerate(lengths)))  # fmt: skip
 
     plain = await run("plain")
-    engine.graphs = DecodeGraphs(engine.model, engine.sampler, engine.state, engine.capacity, engine.scratch_slot,
+    runner = engine.runner
+    runner.graphs = DecodeGraphs(runner.model, runner.sampler, runner.state, runner.capacity, runner.scratch_slot,
                                  capture=False)  # fmt: skip
-    engine.prefill_graphs = PrefillGraphs(engine.model, engine.sampler, engine.state, 2, engine.cfg.max_input_len,
-                                          engine.scratch_slot, capture=False)  # fmt: skip
+    runner.prefill_graphs = PrefillGraphs(runner.model, runner.sampler, runner.state, 2, runner.cfg.max_input_len,
+                                          runner.scratch_slot, capture=False)  # fmt: skip
     assert await run("padded") == plain
 
 

@@ -181,7 +181,7 @@ async def test_end_of_ai_and_end_of_text_stop_too(api, engine_dir, stop):
     engine = await _started(engine_dir)
     api.LLM.behaviour = staticmethod(lambda prompt, params: [[A, A + 1], [A + 2, stop, A + 3], [A + 4]])
     assert await _collect(engine, _req()) == [[A, A + 1], [A + 2]]
-    assert engine.load().active == 0
+    assert engine.occupancy().active == 0
 
 
 async def test_stop_ids_before_min_tokens_are_dropped_not_yielded(api, engine_dir):
@@ -218,7 +218,7 @@ async def test_stop_id_ends_the_stream_and_is_not_yielded(api, engine_dir):
     assert await _collect(engine, _req()) == [[A, A + 1], [A + 2]]
     api.LLM.behaviour = staticmethod(lambda prompt, params: [[A], [EOS]])
     assert await _collect(engine, _req("r2")) == [[A]]
-    assert engine.load().active == 0
+    assert engine.occupancy().active == 0
 
 
 async def test_stop_id_the_library_passes_after_end_is_cut_too(api, engine_dir):
@@ -242,11 +242,11 @@ async def test_consumer_leaving_early_aborts_and_frees_the_slot(api, engine_dir)
     api.LLM.behaviour = staticmethod(lambda prompt, params: [[A]] * 100)
     stream = engine.submit(_req())
     assert await stream.__anext__() == [A]
-    assert engine.load().active == 1
+    assert engine.occupancy().active == 1
     await stream.aclose()
     [result] = api.LLM.instances[0].results
     assert result.abort_calls == 1
-    assert engine.load().active == 0
+    assert engine.occupancy().active == 0
 
 
 async def test_cancel_by_id_aborts_and_ends_the_stream(api, engine_dir):
@@ -261,7 +261,7 @@ async def test_cancel_by_id_aborts_and_ends_the_stream(api, engine_dir):
     result = api.LLM.instances[0].results[0]
     assert result.abort_calls == 1
     assert result.delivered_after_abort >= 1  # ...and the steps the executor still delivered were dropped
-    assert engine.load().active == 0
+    assert engine.occupancy().active == 0
     engine.cancel("unknown")  # no-op
 
 
@@ -280,7 +280,7 @@ async def test_cancelled_task_aborts(api, engine_dir):
     with pytest.raises(asyncio.CancelledError):
         await task
     assert api.LLM.instances[0].results[0].abort_calls == 1
-    assert engine.load().active == 0
+    assert engine.occupancy().active == 0
 
 
 async def test_request_failure_is_an_engine_error_and_others_continue(api, engine_dir):
@@ -297,7 +297,7 @@ async def test_request_failure_is_an_engine_error_and_others_continue(api, engin
     )
     assert isinstance(bad, EngineError) and bad.kind == "trtllm" and "CUDA error" in str(bad)
     assert good == [[A], [A + 1], [A + 2]]
-    assert engine.load().active == 0
+    assert engine.occupancy().active == 0
 
 
 async def test_generate_async_rejecting_is_an_engine_error(api, engine_dir, monkeypatch):
@@ -309,7 +309,7 @@ async def test_generate_async_rejecting_is_an_engine_error(api, engine_dir, monk
     monkeypatch.setattr(api.LLM.instances[0], "generate_async", reject)
     with pytest.raises(EngineError, match="prompt too long"):
         await _collect(engine, _req())
-    assert engine.load().active == 0
+    assert engine.occupancy().active == 0
 
 
 async def test_invalid_requests_are_refused_before_the_library(api, engine_dir):
@@ -333,11 +333,11 @@ async def test_load_counts_requests_beyond_capacity_as_queued(api, engine_dir):
     streams = [engine.submit(_req(f"r{i}")) for i in range(3)]
     for s in streams:
         await s.__anext__()
-    load = engine.load()
-    assert (load.active, load.queued, load.capacity) == (2, 1, 2)
+    occupancy = engine.occupancy()
+    assert (occupancy.active, occupancy.queued, occupancy.capacity) == (2, 1, 2)
     for s in streams:
         await s.aclose()
-    assert engine.load().active == 0
+    assert engine.occupancy().active == 0
 
 
 async def test_close_aborts_in_flight_and_shuts_down(api, engine_dir):

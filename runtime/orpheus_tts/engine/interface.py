@@ -12,7 +12,9 @@ Contract:
 - Leaving the iteration early (break, aclose, task cancelled, client gone) frees the request's slot
   within one engine step; so does `cancel(request_id)`.
 - A failure of one request raises `EngineError` from its iterator and leaves the others running.
-- `capacity` is how many requests decode together; more are queued in arrival order.
+- `capacity` is how many requests decode together; more are queued in arrival order. `occupancy()` says
+  how many hold a slot and how many wait.
+- Both engines refuse a request that breaks their limits with `validate_request`'s EngineError.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
-class EngineLoad:
+class EngineOccupancy:
+    """How full the engine is (for /metrics)."""
+
     active: int  # requests holding a slot
     queued: int  # requests waiting for one
     capacity: int
@@ -79,11 +83,27 @@ class EngineError(RuntimeError):
         self.kind = kind
 
 
+def validate_request(request: GenerationRequest, max_input_len: int, max_output_len: int,
+                     vocab_size: int | None = None) -> None:  # fmt: skip
+    """Both engines' checks of a request against their limits, before it reaches their scheduler: raises
+    EngineError (kind "invalid_request"). `vocab_size`: also check that every prompt id is a token id (the
+    torch engine would index its embedding out of range; TensorRT-LLM is left to check its own)."""
+    try:
+        request.params.validate(max_output_len)
+    except ValueError as e:
+        raise EngineError(str(e), "invalid_request") from None
+    n = len(request.prompt_ids)
+    if not 1 <= n <= max_input_len:
+        raise EngineError(f"prompt has {n} tokens; the engine takes 1..{max_input_len}", "invalid_request")
+    if vocab_size is not None and any(not (isinstance(t, int) and 0 <= t < vocab_size) for t in request.prompt_ids):
+        raise EngineError(f"prompt ids must be integers in [0, {vocab_size})", "invalid_request")
+
+
 class Engine(Protocol):
     @property
     def capacity(self) -> int: ...
 
-    def load(self) -> EngineLoad: ...
+    def occupancy(self) -> EngineOccupancy: ...
 
     @property
     def stats(self) -> EngineStats: ...

@@ -14,6 +14,7 @@ reproducible under continuous batching, and the step stays capturable in a CUDA 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -98,8 +99,8 @@ class SlotSampler:
         self.audio_offset = spec.audio_offset
         self.n_stop = len(spec.stop_ids)
         self.stop_ids = torch.tensor(spec.stop_ids, device=device)
-        f32 = dict(dtype=torch.float32, device=device)
-        i64 = dict(dtype=torch.int64, device=device)
+        f32: dict[str, Any] = dict(dtype=torch.float32, device=device)
+        i64: dict[str, Any] = dict(dtype=torch.int64, device=device)
         self.temperature = torch.ones(slots, **f32)
         self.top_p = torch.ones(slots, **f32)
         self.penalty = torch.ones(slots, **f32)

@@ -32,6 +32,7 @@ def decode_step(model: Transformer, sampler: SlotSampler, state: DeviceState, sl
     """One token for each of `slots`; device-only, static shapes, no host sync (CUDA-graph capturable)."""
     # Padding entries of a bucketed batch all decode the scratch slot, whose length would otherwise grow
     # past the cache; real slots never reach the clamp (prompt + max_tokens <= max_seq).
+    assert model.k_cache is not None, "setup_caches first"
     positions = state.lengths[slots].clamp(max=model.k_cache.shape[3] - 1)
     logits = model.decode(state.last_token[slots], slots, positions)
     ids = sampler.sample(logits, slots)

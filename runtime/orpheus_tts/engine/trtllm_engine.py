@@ -27,7 +27,14 @@ from typing import Any
 
 from orpheus_tts.build import manifest
 from orpheus_tts.config import RuntimeConfig
-from orpheus_tts.engine.interface import EngineError, EngineLoad, EngineStats, GenerationRequest, SamplingParams
+from orpheus_tts.engine.interface import (
+    EngineError,
+    EngineOccupancy,
+    EngineStats,
+    GenerationRequest,
+    SamplingParams,
+    validate_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +112,11 @@ class TrtllmEngine:
     def capacity(self) -> int:
         return self._cfg.max_batch_size
 
-    def load(self) -> EngineLoad:
+    def occupancy(self) -> EngineOccupancy:
         # TensorRT-LLM queues internally beyond max_batch_size and does not expose per-request state,
         # so active/queued are derived from our own count of requests in flight.
         n = len(self._inflight)
-        return EngineLoad(active=min(n, self.capacity), queued=max(0, n - self.capacity), capacity=self.capacity)
+        return EngineOccupancy(active=min(n, self.capacity), queued=max(0, n - self.capacity), capacity=self.capacity)
 
     def _check_limits(self) -> None:
         """The engine's limits are baked in at build time: configured limits above them would fail
@@ -133,9 +140,9 @@ class TrtllmEngine:
         """Imports TensorRT-LLM and loads the engine: tens of seconds of blocking work (CUDA context,
         engine deserialisation, KV pool), so `start` runs it on a worker thread."""
         try:
-            from tensorrt_llm._tensorrt_engine import LLM
-            from tensorrt_llm.llmapi import KvCacheConfig
-            from tensorrt_llm.llmapi import SamplingParams as TrtSamplingParams
+            from tensorrt_llm._tensorrt_engine import LLM  # type: ignore[import-not-found]
+            from tensorrt_llm.llmapi import KvCacheConfig  # type: ignore[import-not-found]
+            from tensorrt_llm.llmapi import SamplingParams as TrtSamplingParams  # type: ignore[import-not-found]
         except ImportError as e:
             raise EngineError(f"TensorRT-LLM is not installed ({e}); use the TensorRT-LLM image", "startup") from e
         model_dir = self._dir / "model"
@@ -185,15 +192,7 @@ class TrtllmEngine:
         return self._stream(request)
 
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[list[int]]:
-        try:
-            request.params.validate(self._cfg.max_output_len)
-        except ValueError as e:
-            raise EngineError(str(e), "invalid_request") from None
-        if not request.prompt_ids or len(request.prompt_ids) > self._cfg.max_input_len:
-            raise EngineError(
-                f"prompt has {len(request.prompt_ids)} tokens; the engine takes 1..{self._cfg.max_input_len}",
-                "invalid_request",
-            )
+        validate_request(request, self._cfg.max_input_len, self._cfg.max_output_len)
         stops = frozenset(self._stops)
         max_tokens = min(request.params.max_tokens, self._cfg.max_output_len)
         try:

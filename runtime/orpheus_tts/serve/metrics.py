@@ -46,8 +46,8 @@ class Metrics:
 
     def track_engine(self, engine: Engine) -> None:
         """Engine occupancy and loop counters, read at scrape time."""
-        self.engine_active.set_function(lambda: engine.load().active)
-        self.engine_queued.set_function(lambda: engine.load().queued)
+        self.engine_active.set_function(lambda: engine.occupancy().active)
+        self.engine_queued.set_function(lambda: engine.occupancy().queued)
         self.registry.register(_EngineStatsCollector(engine))
 
     def render(self) -> bytes:

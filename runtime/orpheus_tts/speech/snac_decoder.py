@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
+from collections.abc import Callable
+from typing import cast
 
 import torch
 
@@ -54,7 +56,7 @@ def fold_weight_norm(model: torch.nn.Module) -> torch.nn.Module:
 def plain_snake(model: torch.nn.Module) -> torch.nn.Module:
     """Snake activations without TorchScript, for torch.compile to fuse. Uncompiled, keep SNAC's own: its
     TorchScript function is fused by the TorchScript fuser on CUDA, and the plain one is 5 kernels."""
-    from snac.layers import Snake1d
+    from snac.layers import Snake1d  # type: ignore[import-untyped]
 
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
@@ -92,10 +94,11 @@ class SnacModel:
         self.device = device
         # torch.compile (CUDA): fused Snake, conv epilogues and code lookups; dynamic, so one compilation
         # serves every window length and batch bucket. Compiled at the first call, i.e. in warm_up.
-        if compile and device.type == "cuda":
-            self._decode = torch.compile(plain_snake(self.model).decode, dynamic=True)
-        else:
-            self._decode = self.model.decode
+        compiled = compile and device.type == "cuda"
+        if compiled:
+            plain_snake(self.model)  # in place
+        decode = cast(Callable[[list[torch.Tensor]], torch.Tensor], self.model.decode)  # snac has no types
+        self._decode = torch.compile(decode, dynamic=True) if compiled else decode
         # A CUDA stream of its own, so SNAC kernels run alongside the engine's decode steps instead of
         # queueing behind them on the default stream.
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -160,7 +163,7 @@ def to_pcm16(audio: torch.Tensor) -> torch.Tensor:
 
 def load_snac(source: str, cfg: RuntimeConfig) -> SnacModel:
     """SNAC from a local directory (config.json + pytorch_model.bin) or a hub repo id."""
-    from snac import SNAC
+    from snac import SNAC  # type: ignore[import-untyped]
 
     from orpheus_tts.build.hub import HubError, resolve_model
 
