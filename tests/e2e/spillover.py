@@ -16,14 +16,22 @@ gateway; a client holds its place by keeping its socket open, as the server admi
 4. every admitted client speaks again on the socket it has held throughout (while pods left and rejoined the
    gateway's endpoints) and gets its whole answer: nothing admitted was dropped.
 
-Timing (why this is deterministic on 2 shared cores): arrivals are serialised, and each new client arrives only once
-the previous one has been answered AND the gateway routes to exactly the pods whose /readyz answers 200 ("settled").
-So arrivals are spaced longer than the whole readiness loop: the pod's /readyz turns "full" at once; the kubelet's
-probe sees it within its period (2 s with spec.runtime.loadAwareReadiness, one miss); the pod's Ready condition
-reaches the EndpointSlice, and Traefik's watch drops the endpoint. The scenario measures that loop (the longest
-settle is reported and bounded by `settle_timeout`) instead of sleeping for a guessed worst case, which on a loaded
-2-core machine would have to be long and would still be a guess. Readiness is what is under test, not the race
-between it and arrivals faster than it: such clients see a 1013 and retry (docs/deploy.md).
+Timing (why this is deterministic on 2 shared cores, whatever their load): arrivals are serialised, and a client
+arrives only when
+  (a) the previous client has been answered, so its pod has counted it, and that pod's /readyz already says "full"
+      if it took the last place (the server updates readiness when it admits); and
+  (b) the fleet has "settled": the gateway routes to exactly the pods whose /readyz answers 200 at that moment.
+Between that check and the connection nothing changes readiness: no other client connects or leaves (departures
+happen only between phases, followed by a settle), and a pod's answer changes only when its stream count crosses
+a watermark. So every pod the gateway can pick has a free place: below capacity no client can be refused, and once
+every pod is full the gateway has no backend and answers 503 itself. The one outside event, a kubelet probe that
+fails for another reason (a timeout on a busy CPU), only takes a pod out of the gateway, never puts a full one in.
+This spaces arrivals longer than the readiness loop (the runtime's probe every 2 s acting on the first answer, the
+kubelet's status update, the EndpointSlice, Traefik's watch and its 2 s providers throttle: about 5 s after an
+arrival that fills a pod or a departure that frees one, about 0 s after any other arrival). The scenario waits for
+that loop instead of sleeping for a guessed worst case, prints the longest wait, and fails if one exceeds
+`settle_timeout`. What is tested is readiness; clients that arrive faster than the loop can still meet a full pod,
+get 1013 and retry (docs/deploy.md), which tests/runtime/test_spillover.py covers with random arrivals.
 """
 
 from __future__ import annotations
