@@ -44,7 +44,7 @@ def quantile(values: list[float], q: float) -> float | None:
 def scrape(port: int) -> dict[str, float]:
     """Counters and histogram sums of the server's /metrics that the ramp reports deltas of."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values = {}
+    values: dict[str, float] = {}
     for line in text.splitlines():
         m = re.match(r"^(orpheus_[a-z_]+(?:_sum|_count|_total))(?:\{[^}]*\})? ([0-9.eE+-]+)$", line)
         if m:
@@ -117,6 +117,78 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float) -> None:
     raise SystemExit("server not ready in time")
 
 
+def write_model(model_dir: str, shape: str = "orpheus-3b") -> float:
+    """The random model, written once per directory (~32 s for the 3.3B shape); seconds spent."""
+    t0 = time.monotonic()
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+        shape_args = ["--shape", shape] if shape != "tiny" else []
+        subprocess.run([sys.executable, "-m", "orpheus_tts.cli", "make-tiny-model", model_dir, *shape_args],
+                       check=True)  # fmt: skip
+    return time.monotonic() - t0
+
+
+def start_server(model_dir: str, port: int, capacity: int, extra_env: dict[str, str],
+                 log_path: str) -> subprocess.Popen:  # fmt: skip
+    """`orpheus-tts serve` on the model as its own process (torch backend, `capacity` slots)."""
+    env = {**os.environ, "TRTLLM_MAX_BATCH_SIZE": str(capacity), "ORPHEUS_MAX_STREAMS": str(capacity),
+           "ORPHEUS_MODEL": model_dir, "PORT": str(port), "HOST": "127.0.0.1", **extra_env}  # fmt: skip
+    log = open(log_path, "w")  # the server's stdout; closed with the process
+    return subprocess.Popen([sys.executable, "-m", "orpheus_tts.cli", "serve"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def warm_up(port: int) -> None:
+    """One short stream: first-call costs out of the numbers."""
+    asyncio.run(level(f"ws://127.0.0.1:{port}/ws/tts", 1, 70, 0.0))
+
+
+def measure_level(port: int, n: int, tokens: int, arrival_s: float, timeout_s: float | None = None) -> dict:
+    """One level through the server, with the deltas of its /metrics; raises TimeoutError past timeout_s."""
+    url = f"ws://127.0.0.1:{port}/ws/tts"
+    before = scrape(port)
+    row = asyncio.run(asyncio.wait_for(level(url, n, tokens, arrival_s if n > 1 else 0.0), timeout_s))
+    after = scrape(port)
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    batches = delta.get("orpheus_snac_batch_size_count", 0.0)
+    row["snac_calls"] = batches
+    row["snac_mean_batch"] = delta.get("orpheus_snac_batch_size_sum", 0.0) / batches if batches else None
+    row["tokens_per_s"] = delta.get("orpheus_generated_tokens_total", 0.0) / row["wall_s"]
+    # The engine loop's own clock: wall time per step vs the GPU time of its decode graph; the
+    # difference is host work (scheduling, fan-out, waiting for the GIL).
+    steps = delta.get("orpheus_engine_steps_total", 0.0)
+    row["engine_steps"] = steps
+    if steps:
+        row["step_ms"] = 1000 * delta.get("orpheus_engine_step_seconds_total", 0.0) / steps
+        for part in ("prefill", "decode"):
+            gpu_s = delta.get(f"orpheus_engine_{part}_gpu_seconds_total", 0.0)
+            row[f"{part}_gpu_ms"] = 1000 * gpu_s / steps
+    for name in ("first_token", "first_audio", "event_loop_lag"):
+        count = delta.get(f"orpheus_{name}_seconds_count", 0.0)
+        row[f"server_{name}_mean_s"] = delta.get(f"orpheus_{name}_seconds_sum", 0.0) / count if count else None
+    return row
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"\n{'N':>4} {'ok':>4} {'fa p50':>7} {'fa p95':>7} {'fa p99':>7} {'rtf p50':>7} {'rtf max':>7} "
+          f"{'slow':>4} {'underrun':>8} {'u@100ms':>7} {'tok/s':>7} {'tok/s/str':>9} {'snac b':>6}")  # fmt: skip
+    fmt = lambda v, f="{:.3f}": "-" if v is None else f.format(v)  # noqa: E731
+    for r in results:
+        print(f"{r['n']:>4} {r['ok']:>4} {fmt(r['first_audio_p50_s']):>7} {fmt(r['first_audio_p95_s']):>7} "
+              f"{fmt(r['first_audio_p99_s']):>7} {fmt(r['rtf_p50']):>7} {fmt(r['rtf_max']):>7} "
+              f"{r['streams_slower_than_realtime']:>4} {r['streams_with_underruns']:>8} "
+              f"{r['streams_with_underruns_100ms']:>7} {r['tokens_per_s']:>7.0f} "
+              f"{fmt(r['stream_tokens_per_s_p50'], '{:.1f}'):>9} {fmt(r['snac_mean_batch'], '{:.1f}'):>6}")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--levels", default="1,64,128,192,256,320,384")
@@ -132,64 +204,24 @@ def main() -> None:
     args = ap.parse_args()
     levels = [int(n) for n in args.levels.split(",")]
 
-    t0 = time.monotonic()
-    if not os.path.exists(os.path.join(args.model_dir, "config.json")):
-        subprocess.run([sys.executable, "-m", "orpheus_tts.cli", "make-tiny-model", args.model_dir,
-                        "--shape", "orpheus-3b"], check=True)  # fmt: skip
-    print(f"model written in {time.monotonic() - t0:.0f} s", flush=True)
-    env = {**os.environ, "TRTLLM_MAX_BATCH_SIZE": str(args.capacity), "ORPHEUS_MAX_STREAMS": str(args.capacity),
-           "ORPHEUS_MODEL": args.model_dir, "PORT": str(args.port), "HOST": "127.0.0.1",
-           **dict(kv.split("=", 1) for kv in args.server_env)}  # fmt: skip
-    log = open(args.server_log, "w")
-    server = subprocess.Popen([sys.executable, "-m", "orpheus_tts.cli", "serve"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT)  # fmt: skip
+    print(f"model written in {write_model(args.model_dir):.0f} s", flush=True)
+    server = start_server(args.model_dir, args.port, args.capacity,
+                          dict(kv.split("=", 1) for kv in args.server_env), args.server_log)  # fmt: skip
     results = []
     try:
         t0 = time.monotonic()
         wait_ready(args.port, server, timeout_s=600)
         print(f"server ready in {time.monotonic() - t0:.0f} s", flush=True)
-        url = f"ws://127.0.0.1:{args.port}/ws/tts"
-        asyncio.run(level(url, 1, 70, 0.0))  # warm-up: first-call costs out of the numbers
+        warm_up(args.port)
         for n in levels:
-            before = scrape(args.port)
-            row = asyncio.run(level(url, n, args.tokens, args.arrival_s if n > 1 else 0.0))
-            after = scrape(args.port)
-            delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-            batches = delta.get("orpheus_snac_batch_size_count", 0.0)
-            row["snac_calls"] = batches
-            row["snac_mean_batch"] = delta.get("orpheus_snac_batch_size_sum", 0.0) / batches if batches else None
-            row["tokens_per_s"] = delta.get("orpheus_generated_tokens_total", 0.0) / row["wall_s"]
-            # The engine loop's own clock: wall time per step vs the GPU time of its decode graph; the
-            # difference is host work (scheduling, fan-out, waiting for the GIL).
-            steps = delta.get("orpheus_engine_steps_total", 0.0)
-            row["engine_steps"] = steps
-            if steps:
-                row["step_ms"] = 1000 * delta.get("orpheus_engine_step_seconds_total", 0.0) / steps
-                for part in ("prefill", "decode"):
-                    gpu_s = delta.get(f"orpheus_engine_{part}_gpu_seconds_total", 0.0)
-                    row[f"{part}_gpu_ms"] = 1000 * gpu_s / steps
-            for name in ("first_token", "first_audio", "event_loop_lag"):
-                count = delta.get(f"orpheus_{name}_seconds_count", 0.0)
-                row[f"server_{name}_mean_s"] = delta.get(f"orpheus_{name}_seconds_sum", 0.0) / count if count else None
+            row = measure_level(args.port, n, args.tokens, args.arrival_s)
             results.append(row)
             print(json.dumps(row), flush=True)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     verdict = rule_verdict(results)
     verdict_issue6 = rule_verdict(results, passes_issue6_rule)
-    print(f"\n{'N':>4} {'ok':>4} {'fa p50':>7} {'fa p95':>7} {'fa p99':>7} {'rtf p50':>7} {'rtf max':>7} "
-          f"{'slow':>4} {'underrun':>8} {'u@100ms':>7} {'tok/s':>7} {'tok/s/str':>9} {'snac b':>6}")  # fmt: skip
-    fmt = lambda v, f="{:.3f}": "-" if v is None else f.format(v)  # noqa: E731
-    for r in results:
-        print(f"{r['n']:>4} {r['ok']:>4} {fmt(r['first_audio_p50_s']):>7} {fmt(r['first_audio_p95_s']):>7} "
-              f"{fmt(r['first_audio_p99_s']):>7} {fmt(r['rtf_p50']):>7} {fmt(r['rtf_max']):>7} "
-              f"{r['streams_slower_than_realtime']:>4} {r['streams_with_underruns']:>8} "
-              f"{r['streams_with_underruns_100ms']:>7} {r['tokens_per_s']:>7.0f} "
-              f"{fmt(r['stream_tokens_per_s_p50'], '{:.1f}'):>9} {fmt(r['snac_mean_batch'], '{:.1f}'):>6}")  # fmt: skip
+    print_table(results)
     print(
         f"\nlargest N with every run up to it passing (all streams faster than real time, first-audio p95 "
         f"<= 250 ms, no underrun behind a 100 ms jitter buffer): {verdict} (without the underrun condition: "

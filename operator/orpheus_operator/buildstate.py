@@ -16,7 +16,9 @@ from orpheus_operator.config import OperatorConfig
 
 RUNNING, SUCCEEDED, FAILED, MISSING = "Running", "Succeeded", "Failed", "Missing"
 
-# `orpheus-tts build-engine` exit codes (runtime/orpheus_tts/build/build_engine.py, contracts.md) -> status reasons.
+# `orpheus-tts build-engine` exit codes -> status reasons. The codes' home is runtime/orpheus_tts/build/exit_codes.py
+# (ExitCode), which the operator image does not ship: tests/test_contracts.py ties this table to it. 137 is the
+# kernel's (128 + SIGKILL), not build-engine's.
 EXIT_REASONS: dict[int, str] = {
     1: "BuildFailed",
     2: "InvalidBuildArguments",
@@ -43,6 +45,7 @@ STUCK_REASONS = {
 MAX_MESSAGE = 400
 # `orpheus-tts build-engine` reports progress on stderr as `build-engine: [<step> <percent>%] <message>`
 # (runtime/orpheus_tts/build/build_engine.py, Reporter.phase); the operator reads the build pod's log tail.
+# tests/test_contracts.py parses what Reporter prints.
 PROGRESS_LINE = re.compile(r"^build-engine: \[(?P<step>[\w-]+) (?P<percent>\d+)%\] (?P<message>.*)$")
 # Job controller Events that mean it cannot create the build pod (admission, quota, invalid template).
 CREATE_FAILURES = {"FailedCreate"}

@@ -25,9 +25,9 @@ Body = dict[str, Any]
 
 # ---- the runtime's limits an utterance's length follows from --------------------------------------------
 # Contract with runtime/orpheus_tts (tests/operator/test_exposure.py ties each to its runtime home).
-SAMPLE_RATE = 24_000  # snac_decoder.SAMPLE_RATE
-SAMPLES_PER_FRAME = 2048  # snac_decoder.SAMPLES_PER_FRAME: one SNAC frame, 85.3 ms of audio
-TOKENS_PER_FRAME = 7  # audio_codes: 7 generated tokens make one frame
+SAMPLE_RATE = 24_000  # orpheus_tts.audio.SAMPLE_RATE
+SAMPLES_PER_FRAME = 2048  # orpheus_tts.audio.SAMPLES_PER_FRAME: one SNAC frame, 85.3 ms of audio
+TOKENS_PER_FRAME = 7  # orpheus_tts.audio.CODES_PER_FRAME: 7 generated tokens make one frame
 PROMPT_OVERHEAD = 6  # prompts.PROMPT_OVERHEAD: special tokens around a chunk's text
 VOICE_PREFIX_TOKENS = 4  # "tara: " and the like, at most (the longest voice name plus ": ")
 MAX_TEXT_CHARS = 8000  # config.RuntimeConfig.max_text_chars (ORPHEUS_MAX_TEXT_CHARS)

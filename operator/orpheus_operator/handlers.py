@@ -85,13 +85,14 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig, api: Kube | N
         await reconciler.close()
 
     @kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL, id="resource_event", registry=registry)
-    async def resource_event(type: str | None, namespace: str, name: str, **_: Any) -> None:
-        if type != "DELETED":
+    # kopf passes `namespace` None for cluster-scoped objects; ours and their children are all namespaced.
+    async def resource_event(type: str | None, namespace: str | None, name: str, **_: Any) -> None:
+        if type != "DELETED" and namespace:
             await reconciler.reconcile(namespace, name)
 
-    async def child_event(body: Any, namespace: str, **_: Any) -> None:
+    async def child_event(body: Any, namespace: str | None, **_: Any) -> None:
         owner = owner_name(body)
-        if owner:
+        if owner and namespace:
             await reconciler.reconcile(namespace, owner)
 
     kopf.on.event("batch", "v1", "jobs", id="job_event", labels=MANAGED, registry=registry)(child_event)

@@ -25,6 +25,7 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from orpheus_operator import crd
 
 T = TypeVar("T")
+Objects = list[dict[str, Any]]  # a list of API objects (a name of its own: inside Kube, `list` is the method)
 REQUEST_TIMEOUT = 30  # seconds, per API call
 # A kind the server did not serve (an optional child's CRD not installed) is looked up again after this long:
 # each miss makes the client re-read all of discovery, which every reconcile pass would otherwise repeat.
@@ -60,24 +61,51 @@ def new_api_client() -> client.ApiClient:
     return config.new_client_from_config()
 
 
+class Discovery:
+    """Which API resource serves each kind (the DynamicClient's discovery), and which kinds the server does not
+    serve. A kind the server does not serve (an optional child whose CRD is not installed: HTTPRoute without the
+    Gateway API, ScaledObject without KEDA) is a 404 like a missing object: Kube.get() answers None, delete()
+    False, apply() raises ApiError(404). The client re-reads discovery before it gives up; a miss is remembered for
+    absent_recheck_seconds, so a CRD installed after the operator started is found within that time."""
+
+    def __init__(self, api: client.ApiClient, absent_recheck_seconds: float) -> None:
+        self._api = api
+        self._dynamic: DynamicClient | None = None
+        # Calls run in worker threads; the client's discovery cache is not thread-safe when it is re-read.
+        self._lock = threading.RLock()
+        self._absent: dict[tuple[str, str], float] = {}  # (apiVersion, kind) -> when to look again
+        self._absent_recheck_seconds = absent_recheck_seconds
+
+    @property
+    def dynamic(self) -> DynamicClient:
+        with self._lock:
+            if self._dynamic is None:  # discovery: a few requests, cached in a file under /tmp
+                self._dynamic = DynamicClient(self._api)
+            return self._dynamic
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        key = (api_version, kind)
+        with self._lock:
+            if time.monotonic() < self._absent.get(key, 0.0):
+                raise not_served(api_version, kind)
+            try:
+                return self.dynamic.resources.get(api_version=api_version, kind=kind)
+            except ResourceNotFoundError:
+                self._absent[key] = time.monotonic() + self._absent_recheck_seconds
+                raise not_served(api_version, kind) from None
+
+
 class Kube:
     def __init__(
         self, api_client: client.ApiClient | None = None, absent_recheck_seconds: float = ABSENT_KIND_RECHECK_SECONDS
     ) -> None:
         self.api = api_client or new_api_client()
         self.api.user_agent = crd.FIELD_MANAGER
-        self._dynamic: DynamicClient | None = None
-        # Calls run in worker threads; the client's discovery cache is not thread-safe when it is re-read.
-        self._discovery_lock = threading.RLock()
-        self._absent: dict[tuple[str, str], float] = {}  # (apiVersion, kind) -> when to look again
-        self._absent_recheck_seconds = absent_recheck_seconds
+        self.discovery = Discovery(self.api, absent_recheck_seconds)
 
     @property
     def dynamic(self) -> DynamicClient:
-        with self._discovery_lock:
-            if self._dynamic is None:  # discovery: a few requests, cached in a file under /tmp
-                self._dynamic = DynamicClient(self.api)
-            return self._dynamic
+        return self.discovery.dynamic
 
     def close(self) -> None:
         self.api.close()
@@ -91,25 +119,9 @@ class Kube:
 
         return await asyncio.to_thread(run)
 
-    def _resource(self, api_version: str, kind: str) -> Any:
-        """The kind's API resource. A kind the server does not serve (an optional child whose CRD is not
-        installed: HTTPRoute without the Gateway API, ScaledObject without KEDA) is a 404 like a missing object:
-        get() answers None, delete() False, apply() raises ApiError(404). The client re-reads discovery before
-        it gives up; a miss is remembered for absent_recheck_seconds, so a CRD installed after the operator
-        started is found within that time."""
-        key = (api_version, kind)
-        with self._discovery_lock:
-            if time.monotonic() < self._absent.get(key, 0.0):
-                raise not_served(api_version, kind)
-            try:
-                return self.dynamic.resources.get(api_version=api_version, kind=kind)
-            except ResourceNotFoundError:
-                self._absent[key] = time.monotonic() + self._absent_recheck_seconds
-                raise not_served(api_version, kind) from None
-
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         def read() -> dict[str, Any]:
-            res = self._resource(api_version, kind)
+            res = self.discovery.resource(api_version, kind)
             namespace_ = namespace if res.namespaced else None
             return self.dynamic.get(res, name=name, namespace=namespace_, _request_timeout=REQUEST_TIMEOUT).to_dict()
 
@@ -122,9 +134,9 @@ class Kube:
 
     async def list(
         self, api_version: str, kind: str, namespace: str | None, labels: dict[str, str] | None = None, **kw: Any
-    ) -> list[dict[str, Any]]:
-        def read() -> list[dict[str, Any]]:
-            res = self._resource(api_version, kind)
+    ) -> Objects:
+        def read() -> Objects:
+            res = self.discovery.resource(api_version, kind)
             selector = ",".join(f"{k}={v}" for k, v in (labels or {}).items()) or None
             result = self.dynamic.get(
                 res, namespace=namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT, **kw
@@ -137,7 +149,7 @@ class Kube:
         """Server-side apply: the fields in `obj` become `manager`'s; fields it no longer sends are removed."""
 
         def write() -> dict[str, Any]:
-            res = self._resource(obj["apiVersion"], obj["kind"])
+            res = self.discovery.resource(obj["apiVersion"], obj["kind"])
             return self.dynamic.server_side_apply(
                 res,
                 body=obj,
@@ -151,7 +163,7 @@ class Kube:
 
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         def write() -> dict[str, Any]:
-            res = self._resource(obj["apiVersion"], obj["kind"])
+            res = self.discovery.resource(obj["apiVersion"], obj["kind"])
             return self.dynamic.create(
                 res,
                 body=obj,
@@ -166,7 +178,7 @@ class Kube:
         """A whole-object update (PUT); obj carries the resourceVersion it replaces."""
 
         def write() -> dict[str, Any]:
-            res = self._resource(obj["apiVersion"], obj["kind"])
+            res = self.discovery.resource(obj["apiVersion"], obj["kind"])
             return self.dynamic.replace(
                 res,
                 body=obj,
@@ -179,7 +191,7 @@ class Kube:
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         def write() -> None:
-            res = self._resource(api_version, kind)
+            res = self.discovery.resource(api_version, kind)
             self.dynamic.delete(
                 res,
                 name=name,
@@ -207,7 +219,7 @@ class Kube:
         subresource: str | None = None,
     ) -> dict[str, Any]:
         def write() -> dict[str, Any]:
-            res = self._resource(api_version, kind)
+            res = self.discovery.resource(api_version, kind)
             if subresource:
                 res = res.subresources[subresource]
             return self.dynamic.patch(
@@ -226,7 +238,7 @@ class Kube:
     ) -> dict[str, Any]:
         return await self.patch(api_version, kind, namespace, name, {"status": status}, subresource="status")
 
-    async def events_for(self, namespace: str, uid: str) -> list[dict[str, Any]]:
+    async def events_for(self, namespace: str, uid: str) -> Objects:
         """The core/v1 Events about one object (e.g. a Job's FailedCreate), oldest first."""
         return await self.list("v1", "Event", namespace, field_selector=f"involvedObject.uid={uid}")
 

@@ -70,12 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     # Each replica draws a random priority: the highest reconciles, the others pause until its record expires.
     if cfg.metrics_port:
         metrics.serve(cfg.metrics_port)
-    peering = {"peering_name": cfg.peering, "priority": random.randrange(1, 2**31)} if cfg.peering else {}
     # --- end issue #12
     kopf.run(
         registry=registry,
         standalone=not cfg.peering,  # issue #12
-        **peering,  # issue #12
+        peering_name=cfg.peering or None,  # None, like the priority: kopf's defaults
+        priority=random.randrange(1, 2**31) if cfg.peering else None,
         clusterwide=cfg.clusterwide,
         namespaces=cfg.namespaces,
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from orpheus_operator import crd, hashing
+from orpheus_operator import crd, engine_identity
 from orpheus_operator.config import OperatorConfig
 
 Body = dict[str, Any]
@@ -23,7 +23,8 @@ GPU_MAJOR_LABEL = "nvidia.com/gpu.compute.major"
 GPU_MINOR_LABEL = "nvidia.com/gpu.compute.minor"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
-# Writable paths under a read-only root filesystem (contracts.md): scratch and the caches images point at.
+# Writable paths under a read-only root filesystem (the pod contract, docs/deploy.md): scratch and the caches
+# images point at.
 SCRATCH_MOUNTS = {"tmp": "/tmp", "cache": "/home/orpheus/.cache"}
 STORE_PORT = 8080
 # The engine store only streams files: a small, fixed footprint.
@@ -193,7 +194,7 @@ def render_store(body: Body, cfg: OperatorConfig) -> dict[str, Any] | None:
     labels = {**crd.labels(body["metadata"]["name"], crd.ENGINE_STORE)}
     container = {
         "name": "store",
-        "image": hashing.runtime_image(spec, cfg),
+        "image": engine_identity.runtime_image(spec, cfg),
         "imagePullPolicy": spec["runtime"]["imagePullPolicy"],
         "command": ["orpheus-tts", "serve-engines", "--dir", crd.ENGINES_MOUNT, "--port", str(STORE_PORT)],
         "ports": [{"name": "http", "containerPort": STORE_PORT, "protocol": "TCP"}],
@@ -245,7 +246,7 @@ def store_url(body: Body, engine_hash: str) -> str:
 
 
 def build_args(build: dict[str, Any], engine_hash: str) -> list[str]:
-    """`orpheus-tts build-engine` flags, per contracts.md."""
+    """`orpheus-tts build-engine` flags (build_engine.parser; tests/test_contracts.py parses them with it)."""
     out = engine_dir(engine_hash)
     args = [
         "build-engine",
@@ -285,7 +286,9 @@ def render_job(body: Body, build: dict[str, Any], engine_hash: str, attempt: int
         crd.HASH_LABEL: engine_hash,
         crd.ATTEMPT_LABEL: str(attempt),
     }
-    meta = _metadata(body, name, crd.ENGINE_BUILD, annotations={crd.BUILD_SPEC_ANNOTATION: hashing.dumps(build)})
+    meta = _metadata(
+        body, name, crd.ENGINE_BUILD, annotations={crd.BUILD_SPEC_ANNOTATION: engine_identity.dumps(build)}
+    )
     meta["labels"] = labels
     env: list[dict[str, Any]] = [
         # The download cache lives on the PVC so that a retried build resumes instead of starting over.
@@ -413,7 +416,9 @@ def render_deployment(
     it is now (its replica bookkeeping, see desired_replicas)."""
     spec = body["spec"]
     runtime = spec["runtime"]
-    image = build["image"] if hashing.image_follows_engine(spec, cfg) else hashing.runtime_image(spec, cfg)
+    image = (
+        build["image"] if engine_identity.image_follows_engine(spec, cfg) else engine_identity.runtime_image(spec, cfg)
+    )
     http = {"port": "http"}
     gpus = runtime["gpus"]
     container = {
@@ -504,7 +509,7 @@ def render_deployment(
     replicas, recorded = desired_replicas(spec, existing)
     if replicas is not None:
         dep_spec["replicas"] = replicas  # else the HPA, or whoever set it last, owns the count
-    annotations = {crd.BUILD_SPEC_ANNOTATION: hashing.dumps(build)}
+    annotations = {crd.BUILD_SPEC_ANNOTATION: engine_identity.dumps(build)}
     if recorded is not None:
         annotations[crd.REPLICAS_AT_AUTOSCALING_ANNOTATION] = recorded
     meta = _metadata(body, body["metadata"]["name"], crd.SERVER)

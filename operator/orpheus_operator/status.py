@@ -17,6 +17,8 @@ from orpheus_operator import buildstate
 from orpheus_operator.buildstate import BuildState
 
 CONDITION_TYPES = ("Ready", "EngineBuilt", "Available", "Progressing", "Degraded")
+NO_ENGINE = "waiting for the first engine build"
+Problem = tuple[str, str]  # (reason, message)
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class Rollout:
     replicas: int
     ready: int
     message: str
-    problem: tuple[str, str] | None = None  # (reason, message) of a stuck rollout
+    problem: Problem | None = None  # of a stuck rollout
 
 
 def _deployment_condition(dep: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -34,6 +36,17 @@ def _deployment_condition(dep: dict[str, Any], kind: str) -> dict[str, Any]:
         if cond.get("type") == kind:
             return cond
     return {}
+
+
+def rollout_problem(dep: dict[str, Any]) -> Problem | None:
+    """(reason, message) of a stuck rollout: past its progress deadline, or pods that cannot be created."""
+    progressing = _deployment_condition(dep, "Progressing")
+    failure = _deployment_condition(dep, "ReplicaFailure")
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        return "ProgressDeadlineExceeded", progressing.get("message", "rollout stalled")
+    if failure.get("status") == "True":
+        return failure.get("reason", "ReplicaFailure"), failure.get("message", "")
+    return None
 
 
 def rollout(dep: dict[str, Any]) -> Rollout:
@@ -44,13 +57,7 @@ def rollout(dep: dict[str, Any]) -> Rollout:
     updated, total = st.get("updatedReplicas", 0), st.get("replicas", 0)
     available, ready = st.get("availableReplicas", 0), st.get("readyReplicas", 0)
     is_available = _deployment_condition(dep, "Available").get("status") == "True"
-    problem = None
-    progressing = _deployment_condition(dep, "Progressing")
-    failure = _deployment_condition(dep, "ReplicaFailure")
-    if progressing.get("reason") == "ProgressDeadlineExceeded":
-        problem = ("ProgressDeadlineExceeded", progressing.get("message", "rollout stalled"))
-    elif failure.get("status") == "True":
-        problem = (failure.get("reason", "ReplicaFailure"), failure.get("message", ""))
+    problem = rollout_problem(dep)
     if st.get("observedGeneration", 0) < dep["metadata"].get("generation", 1):
         msg = "waiting for the deployment controller to see the new spec"
     elif updated < desired:
@@ -73,63 +80,90 @@ class Observation:
     endpoint: str
     serving_hash: str | None = None  # engine the Deployment runs; None before the first build
     deployment: dict[str, Any] | None = None
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (reason, message): children rejected
+    errors: list[Problem] = field(default_factory=list)  # children the API server rejected
 
 
 def _cond(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
     return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message}
 
 
+def build_stuck(build: BuildState) -> bool:
+    """The build pod cannot start (image pull error, missing Secret, unschedulable): a Running Job whose reason
+    is not the plain "Building"."""
+    return build.outcome == buildstate.RUNNING and build.reason not in ("Building", "")
+
+
+def problems(obs: Observation, roll: Rollout | None) -> list[Problem]:
+    """What is wrong, the one to show first: a failed build (with its next attempt's time), the children the API
+    server rejected, a build pod that cannot start, a stalled rollout."""
+    build = obs.build
+    found: list[Problem] = []
+    if build.outcome == buildstate.FAILED:
+        retry = f"; next attempt at {build.retry_at:%Y-%m-%dT%H:%M:%SZ}" if build.retry_at else ""
+        found.append((build.reason, build.message + retry))
+    found += obs.errors
+    if build_stuck(build):
+        found.append((build.reason, build.message))
+    if roll and roll.problem:
+        found.append(roll.problem)
+    return found
+
+
+def phase_and_progress(
+    obs: Observation, roll: Rollout | None, found: list[Problem]
+) -> tuple[str, tuple[bool, str, str]]:
+    """The phase, and the Progressing condition's (status, reason, message). Failed: the build failed, or a child
+    was rejected before anything served (while pods serve, a rejected child only degrades)."""
+    build = obs.build
+    if build.outcome == buildstate.FAILED or (obs.errors and roll is None):
+        return "Failed", (False, *found[0])
+    if build.outcome != buildstate.SUCCEEDED:
+        return ("Pending" if build_stuck(build) else "Building"), (True, "BuildingEngine", build.message)
+    if roll is None or obs.serving_hash != build.engine_hash or not roll.done:
+        return "Deploying", (True, "RollingOut", roll.message if roll else "creating the Deployment")
+    return "Ready", (False, "Complete", f"serving engine {build.engine_hash}: {roll.message}")
+
+
+def ready_condition(roll: Rollout | None, endpoint: str) -> dict[str, Any]:
+    """Ready: the endpoint serves (`kubectl wait --for=condition=Ready`)."""
+    if roll is None:
+        return _cond("Ready", False, "NoEngine", NO_ENGINE)
+    if roll.available and roll.ready > 0:
+        return _cond("Ready", True, "Serving", f"{endpoint} serves with {roll.ready} pods")
+    return _cond("Ready", False, "NotServing", roll.message)
+
+
+def available_condition(roll: Rollout | None, serving_hash: str | None) -> dict[str, Any]:
+    if roll is None:
+        return _cond("Available", False, "NoEngine", NO_ENGINE)
+    if roll.available:
+        return _cond(
+            "Available", True, "MinimumReplicasAvailable", f"{roll.ready} pods ready, serving engine {serving_hash}"
+        )
+    return _cond("Available", False, "Unavailable", roll.message)
+
+
 def compute(obs: Observation) -> dict[str, Any]:
     """The new status (conditions without times; see merge_conditions)."""
     build = obs.build
     roll = rollout(obs.deployment) if obs.deployment is not None else None
-    built = build.outcome == buildstate.SUCCEEDED
-    stuck = build.outcome == buildstate.RUNNING and build.reason not in ("Building", "")
-    problems: list[tuple[str, str]] = list(obs.errors)
-    if build.outcome == buildstate.FAILED:
-        retry = f"; next attempt at {build.retry_at:%Y-%m-%dT%H:%M:%SZ}" if build.retry_at else ""
-        problems.insert(0, (build.reason, build.message + retry))
-    if stuck:
-        problems.append((build.reason, build.message))
-    if roll and roll.problem:
-        problems.append(roll.problem)
-
-    if build.outcome == buildstate.FAILED or (obs.errors and roll is None):
-        phase, progress = "Failed", (False, *problems[0])
-    elif not built:
-        phase = "Pending" if stuck else "Building"
-        progress = (True, "BuildingEngine", build.message)
-    elif roll is None or obs.serving_hash != build.engine_hash or not roll.done:
-        phase = "Deploying"
-        progress = (True, "RollingOut", roll.message if roll else "creating the Deployment")
-    else:
-        phase, progress = "Ready", (False, "Complete", f"serving engine {build.engine_hash}: {roll.message}")
-
-    if roll is None:
-        available = _cond("Available", False, "NoEngine", "waiting for the first engine build")
-    elif roll.available:
-        available = _cond(
-            "Available", True, "MinimumReplicasAvailable", f"{roll.ready} pods ready, serving engine {obs.serving_hash}"
-        )
-    else:
-        available = _cond("Available", False, "Unavailable", roll.message)
-    if roll is None:
-        ready = _cond("Ready", False, "NoEngine", "waiting for the first engine build")
-    elif roll.available and roll.ready > 0:
-        ready = _cond("Ready", True, "Serving", f"{obs.endpoint} serves with {roll.ready} pods")
-    else:
-        ready = _cond("Ready", False, "NotServing", roll.message)
+    found = problems(obs, roll)
+    phase, progress = phase_and_progress(obs, roll, found)
     conditions = [
-        ready,
-        _cond("EngineBuilt", built, build.reason or "Building", build.message or "no build job yet"),
-        available,
+        ready_condition(roll, obs.endpoint),
+        _cond(
+            "EngineBuilt",
+            build.outcome == buildstate.SUCCEEDED,
+            build.reason or "Building",
+            build.message or "no build job yet",
+        ),
+        available_condition(roll, obs.serving_hash),
         _cond("Progressing", *progress),
-        _cond("Degraded", True, *problems[0]) if problems else _cond("Degraded", False, "AsExpected", ""),
+        _cond("Degraded", True, *found[0]) if found else _cond("Degraded", False, "AsExpected", ""),
     ]
     return {
         "phase": phase,
-        "message": problems[0][1] if problems else progress[2],
+        "message": found[0][1] if found else progress[2],
         "observedGeneration": obs.generation,
         "engineHash": build.engine_hash,
         "servingEngineHash": obs.serving_hash,

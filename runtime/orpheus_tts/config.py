@@ -41,12 +41,22 @@ class RuntimeConfig:
     engine_high_priority: bool = True  # torch engine: decode on a high-priority CUDA stream (SNAC has its own)
     torch_compile: bool = True  # torch engine and SNAC: fused kernels via torch.compile; CUDA only
     decode_attention: str = "auto"  # torch engine: "auto" (triton on CUDA, sdpa on CPU) | "sdpa" | "triton"
+    # torch engine, issue #17 levers (model/kv_quant.py, model/llama.py): the KV cache's storage, "auto" (the
+    # model dtype) | "int8" (per-token scales; any GPU) | "fp8" (e4m3; Hopper/Ada); the layers' projections,
+    # "auto" | "fp8" (torch._scaled_mm, Hopper/Ada).
+    kv_cache_dtype: str = "auto"
+    linear_dtype: str = "auto"
 
     # Audio.
     snac_max_batch: int = 64
     snac_batch_timeout_ms: float = 0.0  # 0: decode whatever is queued as soon as the decoder is free
     snac_device: str = "auto"
     snac_cuda_graphs: bool = True  # one CUDA graph per (window length, batch bucket); CUDA only
+    # issue #17 levers (speech/snac_batcher.py, speech/windows.py): SNAC queue order, "shape" (first come
+    # first served, shortest windows first) | "deadline" (the listener with the least audio left first);
+    # when a window goes out, "frames" (wait for 2..4 frames) | "paced" (by the listener's buffered audio).
+    snac_order: str = "shape"
+    emit_policy: str = "frames"
 
     # Default sampling (a request may override each).
     temperature: float = 0.6
@@ -108,8 +118,12 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_TORCH_COMPILE": "torch_compile",
     "ORPHEUS_ENGINE_HIGH_PRIORITY": "engine_high_priority",
     "ORPHEUS_DECODE_ATTENTION": "decode_attention",
+    "ORPHEUS_KV_CACHE_DTYPE": "kv_cache_dtype",
+    "ORPHEUS_LINEAR_DTYPE": "linear_dtype",
     "ORPHEUS_SNAC_DEVICE": "snac_device",
     "ORPHEUS_SNAC_CUDA_GRAPHS": "snac_cuda_graphs",
+    "ORPHEUS_SNAC_ORDER": "snac_order",
+    "ORPHEUS_EMIT_POLICY": "emit_policy",
     "ORPHEUS_TEMPERATURE": "temperature",
     "ORPHEUS_TOP_P": "top_p",
     "ORPHEUS_REPETITION_PENALTY": "repetition_penalty",
@@ -129,6 +143,13 @@ ENV_VARS: dict[str, str] = {
     "ORPHEUS_GIL_SWITCH_INTERVAL_MS": "gil_switch_interval_ms",
     "ORPHEUS_LOG_LEVEL": "log_level",
     "ORPHEUS_PLAYGROUND": "playground",
+}
+
+# Env names the runtime does not read itself but its libraries do; the images and the operator set them.
+# With ENV_VARS, every env name the operator may render into a runtime or build pod (tests/test_contracts.py).
+LIBRARY_ENV: dict[str, str] = {
+    "HF_HOME": "huggingface_hub's cache (the build Job keeps it on the engines volume, so a retry resumes)",
+    "TLLM_WORKER_USE_SINGLE_PROCESS": "TensorRT-LLM runs its worker in-process instead of through MPI (one GPU a pod)",
 }
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(RuntimeConfig)}
@@ -167,6 +188,14 @@ def validate(cfg: RuntimeConfig) -> RuntimeConfig:
             raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)}")
     if not 0.0 < cfg.kv_free_gpu_frac <= 1.0:
         raise ConfigError(f"kv_free_gpu_frac must be in (0, 1], got {cfg.kv_free_gpu_frac}")
+    if cfg.kv_cache_dtype not in ("auto", "int8", "fp8"):
+        raise ConfigError(f"kv_cache_dtype must be auto, int8 or fp8, not {cfg.kv_cache_dtype!r}")
+    if cfg.linear_dtype not in ("auto", "fp8"):
+        raise ConfigError(f"linear_dtype must be auto or fp8, not {cfg.linear_dtype!r}")
+    if cfg.snac_order not in ("shape", "deadline"):
+        raise ConfigError(f"snac_order must be shape or deadline, not {cfg.snac_order!r}")
+    if cfg.emit_policy not in ("frames", "paced"):
+        raise ConfigError(f"emit_policy must be frames or paced, not {cfg.emit_policy!r}")
     if cfg.snac_batch_timeout_ms < 0:
         raise ConfigError("snac_batch_timeout_ms must be >= 0")
     if cfg.ws_idle_timeout_s < 0:

@@ -21,7 +21,7 @@ from k8s.waiting import wait_for
 from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
 
-from orpheus_operator import crd, hashing
+from orpheus_operator import crd, engine_identity
 from orpheus_operator.config import OperatorConfig
 
 CHART = pathlib.Path(__file__).resolve().parents[2] / "charts/orpheus-tts-operator"
@@ -49,7 +49,7 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def engine_hash(spec: dict) -> str:
-    return hashing.engine_hash(hashing.build_spec(defaulted_spec(spec), CFG))
+    return engine_identity.engine_hash(engine_identity.build_spec(defaulted_spec(spec), CFG))
 
 
 class Cluster:

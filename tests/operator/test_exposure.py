@@ -13,23 +13,6 @@ from orpheus_operator import children, exposure, render, scaling
 GATEWAY = {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateways", "sectionName": "https"}]}
 
 
-def test_runtime_limits_match_the_runtime() -> None:
-    """The operator cannot import the runtime (separate images): its copies of the limits are tied here."""
-    from orpheus_tts.config import RuntimeConfig
-    from orpheus_tts.model.model_spec import VOICES
-    from orpheus_tts.speech import audio_codes, prompts, windows
-
-    assert exposure.SAMPLE_RATE == windows.SAMPLE_RATE
-    assert exposure.SAMPLES_PER_FRAME == windows.SAMPLES_PER_FRAME
-    assert exposure.TOKENS_PER_FRAME == audio_codes.CODES_PER_FRAME
-    assert exposure.PROMPT_OVERHEAD == prompts.PROMPT_OVERHEAD
-    assert exposure.MAX_TEXT_CHARS == RuntimeConfig().max_text_chars
-    # "name: " of the longest voice fits VOICE_PREFIX_TOKENS (a Llama 3 token holds a short word or more).
-    assert max(len(v) for v in VOICES) + 2 <= 4 * exposure.VOICE_PREFIX_TOKENS
-    assert scaling.PRESTOP_SLEEP_SECONDS == render.PRESTOP_SLEEP_SECONDS
-    assert scaling.SHUTDOWN_MARGIN_SECONDS == render.SHUTDOWN_MARGIN_SECONDS
-
-
 def test_utterance_timeout_follows_the_engine_limits() -> None:
     spec = make_body()["spec"]
     chunks = math.ceil(8000 / (48 - 6 - 4))

@@ -564,7 +564,9 @@ def test_pod_template_fields_reach_the_pods(cluster: Cluster, run_operator: Any)
     assert dep.spec.template.metadata.annotations["example.test/a"] == "1"
     assert dep.spec.template.metadata.labels["team"] == "voice"
     assert (dep.spec.strategy.rolling_update.max_surge, dep.spec.strategy.rolling_update.max_unavailable) == (0, 1)
-    pdb = client.PolicyV1Api(cluster.api).read_namespaced_pod_disruption_budget("voice", cluster.ns)
+    # The pass applies the PDB after the Deployment: it may not be there yet when the Deployment is.
+    read_pdb = client.PolicyV1Api(cluster.api).read_namespaced_pod_disruption_budget
+    pdb = wait_for(lambda: _read_or_none(read_pdb, "voice", cluster.ns), what="the PDB")
     assert pdb.spec.max_unavailable == "50%"
     cluster.patch_spec("voice", {"runtime": {"pdb": {"enabled": False}}})
     wait_for(

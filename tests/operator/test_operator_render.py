@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from crd_schema import make_body
 
-from orpheus_operator import crd, hashing, render
+from orpheus_operator import crd, engine_identity, render
 from orpheus_operator.config import OperatorConfig
 
 CFG = OperatorConfig(runtime_image="runtime:1")
 
 
 def build_of(body: dict, cfg: OperatorConfig = CFG) -> tuple[dict, str]:
-    build = hashing.build_spec(body["spec"], cfg)
-    return build, hashing.engine_hash(build)
+    build = engine_identity.build_spec(body["spec"], cfg)
+    return build, engine_identity.engine_hash(build)
 
 
 def env_of(container: dict) -> dict:
@@ -140,7 +140,7 @@ def test_deployment_serves_the_engine_per_the_runtime_contract() -> None:
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert dep["metadata"]["labels"][crd.HASH_LABEL] == h
-    assert hashing.dumps(build) == dep["metadata"]["annotations"][crd.BUILD_SPEC_ANNOTATION]
+    assert engine_identity.dumps(build) == dep["metadata"]["annotations"][crd.BUILD_SPEC_ANNOTATION]
 
 
 def test_deployment_keeps_the_served_engines_limits_while_a_new_one_builds() -> None:

@@ -131,15 +131,6 @@ def test_build_progress_is_reported() -> None:
     assert (done["buildStep"], done["buildProgress"]) == ("Done", "100%")
 
 
-def test_progress_line_is_what_build_engine_prints(capsys) -> None:
-    """The contract with runtime/orpheus_tts/build/build_engine.py: its Reporter's progress lines parse here."""
-    from orpheus_tts.build.build_engine import Reporter
-
-    Reporter(None, None).phase("download", 0.35, "model.safetensors 1.2 of 3.4 GB")
-    progress = buildstate.parse_progress(capsys.readouterr().err)
-    assert progress == buildstate.Progress("download", 35, "model.safetensors 1.2 of 3.4 GB")
-
-
 def test_stalled_rollout_is_degraded() -> None:
     dep = deployment(updated=1, available=1, total=2)
     dep["status"]["conditions"].append(

@@ -21,6 +21,7 @@ from trtllm_double.install import installed
 
 from orpheus_tts.build import build_engine as be
 from orpheus_tts.build import manifest as mf
+from orpheus_tts.build.exit_codes import ExitCode
 
 FAKE_TOKEN = "hf_FAKEtokenNEVERprintMEabc123"
 
@@ -343,7 +344,7 @@ def test_lock_refuses_a_concurrent_build(model_dir, pvc):
     out = pvc / "locked"
     with open(str(out) + ".lock", "w") as holder:
         fcntl.flock(holder, fcntl.LOCK_EX)
-        assert be.main(_args(model_dir, out), environ={}) == be.EXIT_LOCKED
+        assert be.main(_args(model_dir, out), environ={}) == ExitCode.LOCKED
         assert _status(out)["exit_code"] == 8 and "another build" in _status(out)["message"]
         assert not out.exists()
 
@@ -363,7 +364,7 @@ def test_never_replaces_a_directory_that_is_not_an_engine(model_dir, pvc):
     out = pvc / "precious"
     out.mkdir()
     (out / "thesis.tex").write_text("years of work")
-    assert be.main(_args(model_dir, out), environ={}) == be.EXIT_USAGE
+    assert be.main(_args(model_dir, out), environ={}) == ExitCode.USAGE
     assert (out / "thesis.tex").read_text() == "years of work"
     assert "not an engine directory" in _status(out)["message"]
 
@@ -374,7 +375,7 @@ def test_disk_full_is_exit_5_and_cleans_up(model_dir, pvc, monkeypatch):
 
     monkeypatch.setattr(be, "build_torch", full)
     out = pvc / "full"
-    assert be.main(_args(model_dir, out), environ={}) == be.EXIT_DISK_FULL
+    assert be.main(_args(model_dir, out), environ={}) == ExitCode.DISK_FULL
     assert _status(out)["phase"] == "failed" and "disk full" in _status(out)["message"]
     assert sorted(p.name for p in pvc.iterdir()) == ["full.lock", "full.status.json"]
 
@@ -389,21 +390,21 @@ def test_disk_full_is_exit_5_and_cleans_up(model_dir, pvc, monkeypatch):
 )
 def test_usage_errors_exit_2(model_dir, pvc, argv, message):
     out = pvc / "u"
-    assert be.main(_args(model_dir, out, *argv), environ={}) == be.EXIT_USAGE
+    assert be.main(_args(model_dir, out, *argv), environ={}) == ExitCode.USAGE
     assert message in _status(out)["message"]
 
 
 def test_argument_errors_exit_2_and_reach_the_status_file(pvc, capsys):
     status = pvc / "s.status.json"
-    assert be.main(["--out", str(pvc / "s"), "--status-file", str(status)], environ={}) == be.EXIT_USAGE
+    assert be.main(["--out", str(pvc / "s"), "--status-file", str(status)], environ={}) == ExitCode.USAGE
     message = json.loads(status.read_text())["message"]
     assert "--model" in message and capsys.readouterr().err.strip().splitlines()[-1] == message
-    assert be.main(["--model", "m", "--out", "o", "--backend", "vllm"], environ={}) == be.EXIT_USAGE
+    assert be.main(["--model", "m", "--out", "o", "--backend", "vllm"], environ={}) == ExitCode.USAGE
 
 
 def test_bad_environment_exits_2(model_dir, pvc):
     out = pvc / "env"
-    assert be.main(_args(model_dir, out), environ={"TRTLLM_MAX_BATCH_SIZE": "many"}) == be.EXIT_USAGE
+    assert be.main(_args(model_dir, out), environ={"TRTLLM_MAX_BATCH_SIZE": "many"}) == ExitCode.USAGE
     assert "invalid environment" in _status(out)["message"]
 
 
@@ -412,7 +413,7 @@ def test_missing_model_files_fail_readably(tmp_path, pvc):
     (empty / "snac").mkdir(parents=True)
     (empty / "snac" / "config.json").write_text("{}")
     (empty / "snac" / "pytorch_model.bin").write_text("x")
-    assert be.main(_args(empty, pvc / "x"), environ={}) == be.EXIT_FAILED
+    assert be.main(_args(empty, pvc / "x"), environ={}) == ExitCode.FAILED
     assert "none of the expected model files" in _status(pvc / "x")["message"]
 
 
@@ -519,7 +520,7 @@ def test_token_never_leaks_from_a_real_failed_download(pvc, tmp_path):
         env=env,
         timeout=120,
     )
-    assert proc.returncode == be.EXIT_NOT_FOUND, proc.stderr  # offline and not cached: classified, no crash
+    assert proc.returncode == ExitCode.NOT_FOUND, proc.stderr  # offline and not cached: classified, no crash
     status = pathlib.Path(str(out) + ".status.json").read_text()
     for text in (proc.stdout, proc.stderr, status):
         assert FAKE_TOKEN not in text
@@ -540,21 +541,21 @@ def test_trtllm_without_tensorrt_llm_is_exit_10(model_dir, pvc, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorrt_llm" else real(n, *a))
     out = pvc / "t"
-    assert be.main(_trt_args(model_dir, out), environ={}) == be.EXIT_NO_TRTLLM
+    assert be.main(_trt_args(model_dir, out), environ={}) == ExitCode.NO_TRTLLM
     assert "TensorRT-LLM is not installed" in _status(out)["message"]
 
 
 def test_trtllm_without_gpu_is_exit_6(trtllm, model_dir, pvc, monkeypatch):
     monkeypatch.setattr(mf, "probe_gpu", lambda: (None, None))
     out = pvc / "t"
-    assert be.main(_trt_args(model_dir, out), environ={}) == be.EXIT_NO_GPU
+    assert be.main(_trt_args(model_dir, out), environ={}) == ExitCode.NO_GPU
     assert "needs a GPU" in _status(out)["message"]
 
 
 def test_trtllm_on_pre_ampere_gpu_is_exit_7(trtllm, model_dir, pvc, monkeypatch):
     monkeypatch.setattr(mf, "probe_gpu", lambda: ("Tesla T4", "sm_75"))
     out = pvc / "t"
-    assert be.main(_trt_args(model_dir, out), environ={}) == be.EXIT_GPU_UNSUPPORTED
+    assert be.main(_trt_args(model_dir, out), environ={}) == ExitCode.GPU_UNSUPPORTED
     message = _status(out)["message"]
     assert "Tesla T4 (sm_75)" in message and "sm_80" in message
     assert not trtllm.LLM.instances  # refused before any work
@@ -610,7 +611,7 @@ def test_trtllm_failure_cleans_up(trtllm, model_dir, pvc, monkeypatch, tmp_path)
     trtllm.LLM.fail_on_init = RuntimeError("CUDA out of memory during calibration")
     out = pvc / "oom"
     argv = _trt_args(model_dir, out, "--calib-dir", str(_calib_dir(tmp_path / "c")))
-    assert be.main(argv, environ={}) == be.EXIT_FAILED
+    assert be.main(argv, environ={}) == ExitCode.FAILED
     assert "CUDA out of memory" in _status(out)["message"]
     assert not out.exists() and not list(pvc.glob(".oom.*"))
     trtllm.LLM.fail_on_init = None
@@ -663,10 +664,10 @@ def test_trtllm_hub_calibration_dataset_only_on_request(trtllm, model_dir, pvc, 
     monkeypatch.setattr(mf, "probe_gpu", lambda: ("NVIDIA H100 80GB HBM3", "sm_90"))
     out = pvc / "hubcal"
     argv = _trt_args(model_dir, out, "--calib-dataset", "cnn_dailymail")
-    assert be.main(argv, environ={"HF_HUB_OFFLINE": "1"}) == be.EXIT_USAGE  # refused before any work
+    assert be.main(argv, environ={"HF_HUB_OFFLINE": "1"}) == ExitCode.USAGE  # refused before any work
     assert "HF_HUB_OFFLINE" in _status(out)["message"] and not trtllm.LLM.instances
     # online, the library downloads it; the double has no hub, as a cluster without egress: exit 9
-    assert be.main(argv, environ={}) == be.EXIT_NETWORK
+    assert be.main(argv, environ={}) == ExitCode.NETWORK
     assert "cannot download the calibration dataset cnn_dailymail" in _status(out)["message"]
     assert trtllm.LLM.instances == []  # the double raised in its constructor
 
@@ -674,11 +675,11 @@ def test_trtllm_hub_calibration_dataset_only_on_request(trtllm, model_dir, pvc, 
 @pytest.mark.parametrize(
     "arch, quant, code",
     [
-        ("sm_100", ["--weight-quantization", "int4_awq"], be.EXIT_GPU_UNSUPPORTED),
-        ("sm_103", ["--weight-quantization", "int8", "--kv-cache-dtype", "auto"], be.EXIT_GPU_UNSUPPORTED),
-        ("sm_110", ["--weight-quantization", "none", "--kv-cache-dtype", "int8"], be.EXIT_GPU_UNSUPPORTED),
-        ("sm_100", ["--weight-quantization", "none", "--kv-cache-dtype", "auto"], be.EXIT_OK),
-        ("sm_120", ["--weight-quantization", "int4_awq"], be.EXIT_OK),
+        ("sm_100", ["--weight-quantization", "int4_awq"], ExitCode.GPU_UNSUPPORTED),
+        ("sm_103", ["--weight-quantization", "int8", "--kv-cache-dtype", "auto"], ExitCode.GPU_UNSUPPORTED),
+        ("sm_110", ["--weight-quantization", "none", "--kv-cache-dtype", "int8"], ExitCode.GPU_UNSUPPORTED),
+        ("sm_100", ["--weight-quantization", "none", "--kv-cache-dtype", "auto"], ExitCode.OK),
+        ("sm_120", ["--weight-quantization", "int4_awq"], ExitCode.OK),
     ],
 )
 def test_trtllm_blackwell_datacentre_refuses_integer_quantization_up_front(trtllm, model_dir, pvc, monkeypatch,
@@ -687,7 +688,7 @@ def test_trtllm_blackwell_datacentre_refuses_integer_quantization_up_front(trtll
     out = pvc / "bw"
     argv = _trt_args(model_dir, out, *quant, "--calib-dir", str(_calib_dir(tmp_path / "c")))
     assert be.main(argv, environ={}) == code
-    if code == be.EXIT_GPU_UNSUPPORTED:
+    if code == ExitCode.GPU_UNSUPPORTED:
         message = _status(out)["message"]
         assert f"NVIDIA B200 ({arch})" in message and "--weight-quantization none --kv-cache-dtype auto" in message
         assert not trtllm.LLM.instances  # before any download or calibration

@@ -15,6 +15,7 @@ from orpheus_tts.build import build_engine as be
 from orpheus_tts.build import doctor
 from orpheus_tts.build import manifest as mf
 from orpheus_tts.build.doctor import Facts
+from orpheus_tts.build.exit_codes import ExitCode
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.serve.loader import LoadError, load_engine
 
@@ -38,22 +39,22 @@ def test_assess():
     assert doctor.assess(_h100(), "trtllm") == []
     assert doctor.assess(Facts(), "torch") == []  # the CPU image serves torch engines without a GPU
     codes = [p.code for p in doctor.assess(Facts(), "trtllm")]
-    assert codes == [be.EXIT_NO_TRTLLM, be.EXIT_NO_GPU]
+    assert codes == [ExitCode.NO_TRTLLM, ExitCode.NO_GPU]
     [p] = doctor.assess(_h100(tensorrt_error=f"ImportError: {LIBNVINFER}"), "trtllm")
-    assert p.code == be.EXIT_NO_TRTLLM and "libnvinfer.so.10" in p.message and "/usr/local/tensorrt/lib" in p.message
+    assert p.code == ExitCode.NO_TRTLLM and "libnvinfer.so.10" in p.message and "/usr/local/tensorrt/lib" in p.message
     [p] = doctor.assess(_h100(tensorrt_error="x", ld_library_path="/usr/local/tensorrt/lib:/x"), "trtllm")
     assert "LD_LIBRARY_PATH" not in p.message  # the path is right: the hint would mislead
     [p] = doctor.assess(_h100(gpu_name="Tesla T4", gpu_arch="sm_75"), "trtllm")
-    assert p.code == be.EXIT_GPU_UNSUPPORTED and "Tesla T4 (sm_75)" in p.message
+    assert p.code == ExitCode.GPU_UNSUPPORTED and "Tesla T4 (sm_75)" in p.message
     # an engine: matched against this GPU and these versions
     assert doctor.assess(_h100(), "trtllm", _trt_manifest(), "/e") == []
     [p] = doctor.assess(_h100(gpu_name="NVIDIA A100", gpu_arch="sm_80"), "trtllm", _trt_manifest(), "/e")
-    assert p.code == be.EXIT_ENGINE_MISMATCH and "sm_90" in p.message and "sm_80" in p.message
+    assert p.code == ExitCode.ENGINE_MISMATCH and "sm_90" in p.message and "sm_80" in p.message
     newer = _h100(versions={**TOOLS, "tensorrt_llm": "1.3.0"})
     [p] = doctor.assess(newer, "trtllm", _trt_manifest(), "/e")
-    assert p.code == be.EXIT_ENGINE_MISMATCH and "tensorrt_llm 1.3.0 is installed" in p.message
+    assert p.code == ExitCode.ENGINE_MISMATCH and "tensorrt_llm 1.3.0 is installed" in p.message
     [p] = doctor.assess(_h100(), "trtllm", _trt_manifest(), "/e", ["engine/rank0.engine is missing"])
-    assert p.code == be.EXIT_ENGINE_MISMATCH and "rank0.engine is missing" in p.message
+    assert p.code == ExitCode.ENGINE_MISMATCH and "rank0.engine is missing" in p.message
 
 
 def test_driver_version_as_an_h200_node_reports_it():
@@ -84,25 +85,25 @@ def test_cpu_torch_image(tmp_path, monkeypatch, capsys):
     assert body["ok"] and body["backend"] == "torch"
     assert body["facts"]["versions"]["torch"] and body["facts"]["gpu_arch"] is None
     (out / "snac" / "config.json").write_text("{}")  # damaged after the build
-    assert doctor.main(["--engine-dir", str(out)]) == be.EXIT_ENGINE_MISMATCH
+    assert doctor.main(["--engine-dir", str(out)]) == ExitCode.ENGINE_MISMATCH
     assert "snac/config.json has" in capsys.readouterr().out
-    assert doctor.main(["--engine-dir", str(tmp_path / "nope")]) == be.EXIT_ENGINE_MISMATCH
+    assert doctor.main(["--engine-dir", str(tmp_path / "nope")]) == ExitCode.ENGINE_MISMATCH
 
 
 def test_trtllm_image_through_the_double():
     proc = _doctor("--backend", "trtllm", double=True)
-    assert proc.returncode == be.EXIT_NO_GPU, proc.stdout + proc.stderr  # this machine has no GPU
+    assert proc.returncode == ExitCode.NO_GPU, proc.stdout + proc.stderr  # this machine has no GPU
     assert "tensorrt_llm: 1.2.1" in proc.stdout and "tensorrt:     10.14.1.48" in proc.stdout
     assert "libraries:    yes" in proc.stdout and "needs a GPU" in proc.stdout
     broken = {"ORPHEUS_TEST_TENSORRT_IMPORT_ERROR": LIBNVINFER, "LD_LIBRARY_PATH": "/usr/local/cuda/lib64"}
     proc = _doctor("--backend", "trtllm", double=True, env=broken)
-    assert proc.returncode == be.EXIT_NO_TRTLLM
+    assert proc.returncode == ExitCode.NO_TRTLLM
     assert "TensorRT does not load: ImportError: libnvinfer.so.10" in proc.stdout
     assert "does not contain /usr/local/tensorrt/lib" in proc.stdout
 
 
 def test_trtllm_on_the_cpu_image(capsys):
-    assert doctor.main(["--backend", "trtllm"]) == be.EXIT_NO_TRTLLM
+    assert doctor.main(["--backend", "trtllm"]) == ExitCode.NO_TRTLLM
     assert "TensorRT-LLM is not installed in this image" in capsys.readouterr().out
 
 
@@ -131,7 +132,7 @@ def test_engine_dir_on_this_gpu_or_another(trtllm, tiny_model_dir, tmp_path, mon
     assert doctor.main(["--engine-dir", str(root)]) == 0
     assert "backend:      trtllm" in capsys.readouterr().out
     monkeypatch.setattr(mf, "probe_gpu", lambda: ("NVIDIA A100-SXM4-80GB", "sm_80"))
-    assert doctor.main(["--engine-dir", str(root)]) == be.EXIT_ENGINE_MISMATCH
+    assert doctor.main(["--engine-dir", str(root)]) == ExitCode.ENGINE_MISMATCH
     assert "rebuild on this GPU type" in capsys.readouterr().out
 
 
@@ -147,7 +148,7 @@ def test_server_and_build_fail_fast_when_tensorrt_does_not_load(trtllm, tiny_mod
         load_engine(cfg)
     out = tmp_path / "engines" / "x"
     argv = ["--backend", "trtllm", "--model", "tiny-random", "--out", str(out), "--status-file", f"{out}.json"]
-    assert be.main(argv, environ={}) == be.EXIT_NO_TRTLLM
+    assert be.main(argv, environ={}) == ExitCode.NO_TRTLLM
     assert "libnvinfer.so.10" in json.loads(pathlib.Path(f"{out}.json").read_text())["message"]
     assert not trtllm.LLM.instances
 

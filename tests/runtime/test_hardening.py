@@ -30,17 +30,10 @@ from websockets.exceptions import ConnectionClosed
 
 from orpheus_tts.config import ConfigError, RuntimeConfig, allocator_tuned_by_env, client_api_key, from_env
 from orpheus_tts.memory import tune_malloc
-from orpheus_tts.serve.server import (
-    STATE,
-    Cancel,
-    Problem,
-    Speak,
-    key_matches,
-    load_json,
-    parse_message,
-    parse_speech_body,
-)
-from orpheus_tts.speech.synthesizer import SAMPLING_FIELDS, SynthesisError, sampling_params
+from orpheus_tts.protocol import SAMPLING_FIELDS, Cancel, Problem, Speak, load_json, parse_message
+from orpheus_tts.serve.openai_compat import parse_speech_body
+from orpheus_tts.serve.state import STATE, key_matches
+from orpheus_tts.speech.synthesizer import SynthesisError, sampling_params
 from orpheus_tts.speech.wav import read_wav_info
 from orpheus_tts.tools.client import say_main
 

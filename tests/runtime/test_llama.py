@@ -102,12 +102,13 @@ def test_decode_slot_isolation_and_reference_attention(tiny_model_dir, spec):
 
 
 def test_int8_weight_only_checkpoint(tiny_model_dir, spec, tmp_path):
-    """build_engine.py's int8 format loads, and computes exactly what its dequantised weights compute."""
+    """build_engine.py's int8 format loads (dequantised once, at load), and computes exactly what its
+    dequantised weights compute."""
     import shutil
 
     from safetensors.torch import load_file, save_file
 
-    from orpheus_tts.build.build_engine import quantize_model_dir_int8
+    from orpheus_tts.model.int8_weights import quantize_model_dir_int8
 
     q_dir, dq_dir = tmp_path / "int8", tmp_path / "dequant"
     for d in (q_dir, dq_dir):
@@ -123,7 +124,7 @@ def test_int8_weight_only_checkpoint(tiny_model_dir, spec, tmp_path):
 
     int8 = load_transformer(q_dir, spec.shape, torch.device("cpu"), torch.float32)
     ref = load_transformer(dq_dir, spec.shape, torch.device("cpu"), torch.float32)
-    assert int8.layers[0].wqkv.weight.dtype == torch.int8
+    assert int8.layers[0].wqkv.weight.dtype == torch.float32  # dequantised once, not at every forward
     tokens, slots, lengths = torch.tensor([PROMPTS[0]]), torch.tensor([0]), torch.tensor([len(PROMPTS[0])])
     for m in (int8, ref):
         m.setup_caches(1, 32)

@@ -56,6 +56,9 @@ def test_overrides_and_round_trip():
         ({"stop_ids": [200000]}, "outside the vocabulary"),
         ({"stop_ids": [130000]}, "inside the audio-code range"),
         ({"default_voice": "bob"}, "default_voice"),
+        ({"sample_rate": 16000}, "SNAC 24 kHz"),  # the audio format is audio.py's, not the directory's
+        ({"samples_per_frame": 512}, "SNAC 24 kHz"),
+        ({"codes_per_frame": 4}, "SNAC 24 kHz"),
     ],
 )
 def test_bad_overrides(overrides, match):

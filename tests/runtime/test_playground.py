@@ -12,12 +12,7 @@ import websockets
 from test_server import FRAME_BYTES, make_fast_model_dir, read_answer, running_server, server_cfg, speak, ws_url
 
 from orpheus_tts.config import from_env
-from orpheus_tts.serve.server import (
-    BEARER_SUBPROTOCOL_PREFIX,
-    WS_SUBPROTOCOL,
-    key_from_subprotocols,
-    offered_subprotocols,
-)
+from orpheus_tts.protocol import BEARER_SUBPROTOCOL_PREFIX, SUBPROTOCOL, key_from_subprotocols, offered_subprotocols
 
 KEY = "pl4yground-k3y/with+odd=chars"
 
@@ -33,9 +28,9 @@ def bearer(key: str) -> str:
 
 def test_key_from_subprotocols() -> None:
     for key in (KEY, "a", "ab", "abc", "ключ"):  # every padding length, and non-ASCII
-        assert key_from_subprotocols([WS_SUBPROTOCOL, bearer(key)]) == key
-    assert key_from_subprotocols(offered_subprotocols(f" {WS_SUBPROTOCOL} , {bearer(KEY)}")) == KEY
-    assert key_from_subprotocols([WS_SUBPROTOCOL]) is None
+        assert key_from_subprotocols([SUBPROTOCOL, bearer(key)]) == key
+    assert key_from_subprotocols(offered_subprotocols(f" {SUBPROTOCOL} , {bearer(KEY)}")) == KEY
+    assert key_from_subprotocols([SUBPROTOCOL]) is None
     assert key_from_subprotocols([BEARER_SUBPROTOCOL_PREFIX + "!!"]) is None
     assert key_from_subprotocols([BEARER_SUBPROTOCOL_PREFIX + "_w"]) is None  # bytes, but not UTF-8
 
@@ -49,8 +44,8 @@ async def test_browser_key_by_subprotocol(fast_model_dir, caplog: pytest.LogCapt
     caplog.set_level(logging.DEBUG)
     async with running_server(server_cfg(fast_model_dir, api_key=KEY)) as server:
         url = ws_url(server).replace("http", "ws")
-        async with websockets.connect(url, subprotocols=[WS_SUBPROTOCOL, bearer(KEY)]) as ws:
-            assert ws.subprotocol == WS_SUBPROTOCOL  # the key is never echoed
+        async with websockets.connect(url, subprotocols=[SUBPROTOCOL, bearer(KEY)]) as ws:
+            assert ws.subprotocol == SUBPROTOCOL  # the key is never echoed
             assert KEY not in str(ws.response.headers) and bearer(KEY) not in str(ws.response.headers)
             await ws.send(speak())
             audio = b""
@@ -59,7 +54,7 @@ async def test_browser_key_by_subprotocol(fast_model_dir, caplog: pytest.LogCapt
             assert len(audio) == 2 * FRAME_BYTES
 
         for wrong in ("nope", KEY + "x", ""):
-            async with websockets.connect(url, subprotocols=[WS_SUBPROTOCOL, bearer(wrong)]) as ws:
+            async with websockets.connect(url, subprotocols=[SUBPROTOCOL, bearer(wrong)]) as ws:
                 with pytest.raises(websockets.ConnectionClosed) as closed:
                     await ws.recv()
                 assert closed.value.rcvd.code == 1008 and closed.value.rcvd.reason.startswith("unauthorized")
@@ -73,8 +68,8 @@ async def test_browser_key_by_subprotocol(fast_model_dir, caplog: pytest.LogCapt
         # Non-browser clients keep using the header.
         headers = {"Authorization": f"Bearer {KEY}"}
         async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(server), headers=headers,
-                                                              protocols=(WS_SUBPROTOCOL,)) as ws:  # fmt: skip
-            assert ws.protocol == WS_SUBPROTOCOL
+                                                              protocols=(SUBPROTOCOL,)) as ws:  # fmt: skip
+            assert ws.protocol == SUBPROTOCOL
             await ws.send_str(speak())
             assert len(await read_answer(ws)) == 2 * FRAME_BYTES
     # The server's own log (the client library logs its handshake at DEBUG: that is the client's business).
@@ -102,7 +97,7 @@ async def test_page_routes_and_info(fast_model_dir) -> None:
     assert info["voices"][0] == info["default_voice"] == "tara"
     assert info["random_weights"] is True  # the tiny model: the page says its audio is noise
     assert info["api_key_required"] is True and KEY not in str(info)
-    assert info["protocol"] == {"path": "/ws/tts", "subprotocol": WS_SUBPROTOCOL,
+    assert info["protocol"] == {"path": "/ws/tts", "subprotocol": SUBPROTOCOL,
                                 "bearer_prefix": BEARER_SUBPROTOCOL_PREFIX, "end_of_utterance": "__END__"}  # fmt: skip
     assert info["sample_rate"] == 24000 and info["sampling"]["max_tokens"] == 512
 

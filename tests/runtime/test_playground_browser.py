@@ -223,7 +223,7 @@ async def test_api_key_missing_or_wrong(served, browser) -> None:
 
 
 def test_page_module_has_no_copy_of_the_protocol_constants() -> None:
-    """The page takes the subprotocol names, path and end marker from /playground/info.json (server.py)."""
+    """The page takes the subprotocol names, path and end marker from /playground/info.json (protocol.py's)."""
     js = (pathlib.Path(__file__).parents[2] / "runtime/orpheus_tts/serve/playground/playground.js").read_text()
     for constant in ("orpheus-tts.v1", "base64url.bearer", "__END__", "/ws/tts", "24000"):
         assert constant not in js

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from test_server import assert_clean, make_fast_model_dir, running_server, server_cfg, ws_url
 
-from orpheus_tts.serve.server import STATE
+from orpheus_tts.serve.state import STATE
 
 
 async def readyz(s: aiohttp.ClientSession, server) -> tuple[int, dict]:

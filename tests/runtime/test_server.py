@@ -23,16 +23,18 @@ import pytest
 import torch
 from aiohttp.test_utils import TestServer
 
+from orpheus_tts.audio import BYTES_PER_FRAME, SAMPLES_PER_FRAME
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine.interface import EngineError
+from orpheus_tts.serve.app import create_app, runner_options
 from orpheus_tts.serve.loader import load_engine
-from orpheus_tts.serve.server import STATE, create_app, parse_message, parse_speech_body, runner_options
+from orpheus_tts.serve.openai_compat import parse_speech_body
+from orpheus_tts.serve.state import STATE
 from orpheus_tts.speech.audio_codes import frames_from_ids
 from orpheus_tts.speech.snac_decoder import SnacModel, disable_noise, to_pcm16
-from orpheus_tts.speech.windows import SAMPLES_PER_FRAME
 
 END = b"__END__"
-FRAME_BYTES = SAMPLES_PER_FRAME * 2
+FRAME_BYTES = BYTES_PER_FRAME
 
 
 def make_fast_model_dir(tiny: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
@@ -147,15 +149,7 @@ async def server(fast_model_dir):
         yield s
 
 
-# -- pure parsing ----------------------------------------------------------------------------------------
-
-
-def test_parse_message():
-    assert parse_message('{"text": "hi", "voice": "leo", "seed": 3, "junk": 1}').sampling == {"seed": 3}
-    assert parse_message('{"type": "cancel"}').__class__.__name__ == "Cancel"
-    assert parse_message("{").code == "invalid_json"
-    for data in ("[1]", '{"text": 5}', '{"type": "dance"}', '{"text": "a", "voice": 1}'):
-        assert parse_message(data).code == "invalid_message"
+# -- pure parsing (the WebSocket message: test_protocol.py) ----------------------------------------
 
 
 def test_parse_speech_body():
@@ -456,3 +450,29 @@ async def test_internal_error_closes_1011_and_the_server_goes_on(fast_model_dir)
             msg = await ws.receive(timeout=30)
             assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1011
         await assert_clean(server)
+
+
+async def test_a_failed_startup_stops_what_it_had_started(fast_model_dir):
+    """The model's lifecycle (app.py's cleanup_ctx): SNAC failing after the engine started stops the engine, and
+    the app's startup fails with SNAC's error."""
+    cfg = server_cfg(fast_model_dir)
+    loaded = load_engine(cfg)
+    engine_close, closed = loaded.engine.close, []
+
+    async def close() -> None:
+        closed.append("engine")
+        await engine_close()
+
+    loaded.engine.close = close
+
+    class BrokenSnac:
+        def warm_up(self) -> None:
+            raise OSError("no SNAC weights here")
+
+    server = TestServer(create_app(cfg, loaded, snac=BrokenSnac()), host="127.0.0.1")
+    with pytest.raises(OSError, match="no SNAC weights here"):
+        await server.start_server(**runner_options(cfg))
+    assert closed == ["engine"]
+    assert server.app[STATE].load_error == "no SNAC weights here" and not server.app[STATE].ready
+    await server.close()
+    assert closed == ["engine"]  # once

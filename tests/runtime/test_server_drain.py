@@ -132,3 +132,11 @@ async def test_past_the_grace_every_socket_is_closed_1001(fast_model_dir, tmp_pa
             assert ws.close_code == 1001 and "drain grace" in ws.close_reason
         assert await wait_exit(proc) == 0
         assert "still active" in log_path.read_text()
+
+
+async def test_a_model_that_cannot_load_exits_1_with_the_reason(tmp_path):
+    """The reason is written for users (no traceback), and the process ends instead of serving nothing."""
+    with serve_process(tmp_path, tmp_path) as (proc, _, log_path):  # an empty directory: no config.json
+        assert await wait_exit(proc, 60) == 1
+    log = log_path.read_text()
+    assert "cannot serve:" in log and "has no config.json" in log and "Traceback" not in log

@@ -150,3 +150,74 @@ async def test_real_snac_batched_equals_unbatched():
         assert len(got) == len(want)
         diff = np.frombuffer(got, np.int16).astype(int) - np.frombuffer(want, np.int16)
         assert np.abs(diff).max() <= 2
+
+
+# -- order "deadline" (issue #17): the listener with the least buffered audio first --------------------
+
+
+def test_group_order_by_key_or_by_most_urgent_item():
+    from orpheus_tts.speech.snac_batcher import group_order
+
+    groups = {7: [0, 1], 4: [2], 5: [3, 4]}
+    assert group_order(groups, None) == [[2], [3, 4], [0, 1]]  # "shape": shortest windows first
+    deadlines = [9.0, 1.0, 5.0, 7.0, 8.0]  # item 1 (in the 7-frame group) runs dry first
+    assert group_order(groups, deadlines) == [[0, 1], [2], [3, 4]]
+
+
+async def test_deadline_order_takes_the_most_urgent_windows_first():
+    rec = Recorder(delay=0.05)
+    b = SnacBatcher(rec, lambda i: 0, max_batch=2, timeout_ms=0.0, order="deadline")
+    b.start()
+    now = time.monotonic()
+    busy = asyncio.ensure_future(b.decode(100, now))  # occupies the decoder while the others queue
+    await asyncio.sleep(0.01)
+    others = [asyncio.ensure_future(b.decode(i, now + d)) for i, d in ((1, 3.0), (2, 1.0), (3, 2.0), (4, 0.5))]
+    await asyncio.gather(busy, *others)
+    await b.close()
+    assert rec.calls == [[100], [4, 2], [3, 1]]
+
+
+async def test_shape_order_stays_first_come_first_served():
+    rec = Recorder(delay=0.05)
+    b = SnacBatcher(rec, lambda i: 0, max_batch=2, timeout_ms=0.0)
+    b.start()
+    busy = asyncio.ensure_future(b.decode(100, 0.0))
+    await asyncio.sleep(0.01)
+    others = [asyncio.ensure_future(b.decode(i, 10.0 - i)) for i in (1, 2, 3, 4)]  # deadlines ignored
+    await asyncio.gather(busy, *others)
+    await b.close()
+    assert rec.calls == [[100], [1, 2], [3, 4]]
+
+
+async def test_deadline_order_hands_each_group_back_as_soon_as_it_is_decoded():
+    done_at: dict[int, float] = {}
+    rec = Recorder(delay=0.1)
+    b = SnacBatcher(rec, key=lambda i: i // 10, max_batch=8, timeout_ms=20.0, order="deadline")
+    b.start()
+    now = time.monotonic()
+
+    async def one(i, deadline):
+        result = await b.decode(i, deadline)
+        done_at[i] = time.monotonic()
+        return result
+
+    # Two shapes in one batch: the 20s (most urgent) first; their results come back before the 10s decode.
+    results = await asyncio.gather(one(11, now + 5), one(12, now + 6), one(21, now + 0.1))
+    await b.close()
+    assert results == [22, 24, 42]
+    assert rec.calls == [[21], [11, 12]]
+    assert done_at[11] - done_at[21] >= 0.08  # 21 did not wait for the second group's 0.1 s call
+
+
+async def test_deadline_order_isolates_a_failing_group():
+    rec = Recorder()
+    b = SnacBatcher(rec, key=lambda i: 0 if i < 0 else 1, max_batch=8, timeout_ms=20.0, order="deadline")
+    b.start()
+    results = await asyncio.gather(b.decode(-1), b.decode(3), return_exceptions=True)
+    await b.close()
+    assert isinstance(results[0], ValueError) and results[1] == 6
+
+
+def test_unknown_order_is_refused():
+    with pytest.raises(ValueError, match="order"):
+        SnacBatcher(Recorder(), lambda i: 0, 4, 0.0, order="random")

@@ -5,8 +5,9 @@ import pytest
 import torch
 from test_windows import plan, random_frames
 
+from orpheus_tts.audio import SAMPLES_PER_FRAME
 from orpheus_tts.speech.snac_decoder import SnacLoadError, SnacModel, disable_noise, load_snac, to_pcm16
-from orpheus_tts.speech.windows import SAMPLES_PER_FRAME, WINDOW_FRAMES
+from orpheus_tts.speech.windows import WINDOW_FRAMES
 
 
 @pytest.fixture(scope="module")

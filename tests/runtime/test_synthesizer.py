@@ -8,6 +8,7 @@ import torch
 from test_server import RecordingEngine
 from tokenizers import Tokenizer
 
+from orpheus_tts.audio import SAMPLES_PER_FRAME
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine.interface import EngineError, EngineOccupancy, SamplingParams
 from orpheus_tts.model.model_spec import load_model_spec
@@ -22,7 +23,7 @@ from orpheus_tts.speech.synthesizer import (
     min_emit,
     sampling_params,
 )
-from orpheus_tts.speech.windows import MAX_EMIT, SAMPLES_PER_FRAME
+from orpheus_tts.speech.windows import MAX_EMIT
 
 TEXT = "Hello world. How are you doing today? She sells sea shells by the sea shore."
 

@@ -21,7 +21,7 @@ from test_server import END, fast_model_dir, server_cfg, speak, ws_url  # noqa: 
 from trtllm_double.install import installed
 
 from orpheus_tts.build import manifest as mf
-from orpheus_tts.serve.server import create_app
+from orpheus_tts.serve.app import create_app
 
 A = 128266
 

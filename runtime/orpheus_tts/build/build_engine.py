@@ -32,30 +32,9 @@ import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from orpheus_tts.build import manifest as mf
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_AUTH = 3
-EXIT_NOT_FOUND = 4
-EXIT_DISK_FULL = 5
-EXIT_NO_GPU = 6
-EXIT_GPU_UNSUPPORTED = 7
-EXIT_LOCKED = 8
-EXIT_NETWORK = 9
-EXIT_NO_TRTLLM = 10
-EXIT_ENGINE_MISMATCH = 11  # `orpheus-tts doctor --engine-dir`: incomplete, or built for another GPU / versions
-
-HUB_EXIT_CODES = {
-    "auth": EXIT_AUTH,
-    "not_found": EXIT_NOT_FOUND,
-    "revision": EXIT_NOT_FOUND,
-    "network": EXIT_NETWORK,
-    "disk_full": EXIT_DISK_FULL,
-}
+from orpheus_tts.build.exit_codes import ExitCode
 
 TINY_RANDOM = "tiny-random"
 SNAC_REPO = "hubertsiuzdak/snac_24khz"
@@ -87,7 +66,7 @@ TERMINATION_LOG = pathlib.Path("/dev/termination-log")
 
 
 class BuildError(Exception):
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.FAILED) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -119,7 +98,7 @@ class BuildOptions:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # Usage errors must reach the status file too, not only argparse's stderr.
-        raise BuildError(f"invalid arguments: {message} (see --help)", EXIT_USAGE)
+        raise BuildError(f"invalid arguments: {message} (see --help)", ExitCode.USAGE)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -195,27 +174,27 @@ def options_from_args(args: argparse.Namespace, token: str | None, offline: bool
 def validate(o: BuildOptions) -> None:
     for name in ("max_batch_size", "max_input_len", "max_output_len"):
         if getattr(o, name) <= 0:
-            raise BuildError(f"--{name.replace('_', '-')} must be positive", EXIT_USAGE)
+            raise BuildError(f"--{name.replace('_', '-')} must be positive", ExitCode.USAGE)
     if o.backend == "torch" and o.weight_quantization == "int4_awq":
         raise BuildError(
-            "--weight-quantization int4_awq needs --backend trtllm (torch supports none, int8)", EXIT_USAGE
+            "--weight-quantization int4_awq needs --backend trtllm (torch supports none, int8)", ExitCode.USAGE
         )
     if o.backend == "torch" and o.kv_cache_dtype != "auto":
-        raise BuildError("--kv-cache-dtype int8 needs --backend trtllm", EXIT_USAGE)
+        raise BuildError("--kv-cache-dtype int8 needs --backend trtllm", ExitCode.USAGE)
     if o.calib_dir is not None and not o.calib_dir.is_dir():
-        raise BuildError(f"--calib-dir {o.calib_dir} is not a directory", EXIT_USAGE)
+        raise BuildError(f"--calib-dir {o.calib_dir} is not a directory", ExitCode.USAGE)
     if o.calib_dir is not None and o.calib_dataset is not None:
-        raise BuildError("--calib-dir and --calib-dataset exclude each other", EXIT_USAGE)
+        raise BuildError("--calib-dir and --calib-dataset exclude each other", ExitCode.USAGE)
     if o.calib_dataset is not None and o.offline:
         raise BuildError(
             f"--calib-dataset {o.calib_dataset} is downloaded from the hub, but HF_HUB_OFFLINE is set: "
             "drop --calib-dataset (a calibration set is then generated locally) or pass --calib-dir",
-            EXIT_USAGE,
+            ExitCode.USAGE,
         )
     if o.calib_rows <= 0:
-        raise BuildError("--calib-rows must be positive", EXIT_USAGE)
+        raise BuildError("--calib-rows must be positive", ExitCode.USAGE)
     if o.out.name in ("", ".", ".."):
-        raise BuildError(f"--out {o.out} must name a directory", EXIT_USAGE)
+        raise BuildError(f"--out {o.out} must name a directory", ExitCode.USAGE)
 
 
 # ---- status: stderr + status file -----------------------------------------------------------------
@@ -239,7 +218,7 @@ class Reporter:
 
     def finish(self, exit_code: int, message: str) -> None:
         message = self.scrub(" ".join(message.split()))  # one line, always
-        ok = exit_code == EXIT_OK
+        ok = exit_code == ExitCode.OK
         self._write("done" if ok else "failed", 1.0 if ok else 0.0, message, exit_code)
         with contextlib.suppress(OSError):
             if TERMINATION_LOG.exists():
@@ -272,7 +251,7 @@ def build_lock(out: pathlib.Path, wait: bool) -> Iterator[None]:
         except BlockingIOError:
             raise BuildError(
                 f"another build of {out} is running (lock {out.name}.lock held); retry later or pass --wait",
-                EXIT_LOCKED,
+                ExitCode.LOCKED,
             ) from None
         yield
     finally:
@@ -292,9 +271,9 @@ def check_trtllm_preconditions(o: BuildOptions) -> tuple[str, str]:
         raise BuildError(problem.message, problem.code)
     name, arch = mf.probe_gpu()
     assert name is not None and arch is not None  # doctor refused a missing GPU
-    problem = quantization_problem(o, arch)
-    if problem:
-        raise BuildError(f"GPU {name} ({arch}) {problem}", EXIT_GPU_UNSUPPORTED)
+    unsupported = quantization_problem(o, arch)
+    if unsupported:
+        raise BuildError(f"GPU {name} ({arch}) {unsupported}", ExitCode.GPU_UNSUPPORTED)
     return name, arch
 
 
@@ -383,7 +362,7 @@ def resolve(repo: str, revision: str | None, o: BuildOptions, patterns: list[str
         )
     except hub.HubError as e:
         # hub.py's messages already say what to do (gated licence, missing HF_TOKEN, unknown revision...).
-        raise BuildError(str(e), HUB_EXIT_CODES.get(e.kind, EXIT_FAILED)) from None
+        raise BuildError(str(e), hub.EXIT_CODES[e.kind]) from None
 
 
 def resolved_commit(path: pathlib.Path) -> str | None:
@@ -424,53 +403,6 @@ def write_tiny_model(dest: pathlib.Path) -> None:
     tiny_model.make_tiny_model(dest, seed=0)  # with its own (random) SNAC in dest/snac
 
 
-# ---- int8 weight-only quantization (torch backend) --------------------------------------------------
-
-# Llama projection matrices; embeddings (tied with lm_head) and norms stay in their original dtype.
-INT8_SUFFIXES = tuple(f"{p}_proj.weight" for p in ("q", "k", "v", "o", "gate", "up", "down"))
-
-
-def quantize_int8(weight: Any) -> tuple[Any, Any]:
-    """Symmetric per-output-channel int8: w ~= qweight * scales[:, None]; scales in bf16.
-
-    q is computed against the bf16-rounded scale, so dequantisation with the stored scale is exact
-    up to the int8 rounding."""
-    import torch
-
-    w = weight.float()
-    scales = (w.abs().amax(dim=1).clamp(min=1e-8) / 127.0).to(torch.bfloat16)
-    q = torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scales
-
-
-def quantize_model_dir_int8(model_dir: pathlib.Path) -> None:
-    """Rewrites every *.safetensors shard in place: `<m>.weight` -> `<m>.qweight` + `<m>.scales`."""
-    from safetensors.torch import load_file, save_file
-
-    index_path = model_dir / "model.safetensors.index.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else None
-    for shard in sorted(model_dir.glob("*.safetensors")):
-        tensors = load_file(shard)
-        out = {}
-        for name, t in tensors.items():
-            if name.endswith(INT8_SUFFIXES) and t.ndim == 2:
-                base = name.removesuffix(".weight")
-                out[f"{base}.qweight"], out[f"{base}.scales"] = quantize_int8(t)
-            else:
-                out[name] = t
-        shard.unlink()  # may be a hard link into the hub cache: never write through it
-        save_file(out, shard, metadata={"format": "pt", "orpheus_quantization": "int8_weight_only"})
-        if index is not None:
-            for name in tensors:
-                if name.endswith(INT8_SUFFIXES) and name in index["weight_map"]:
-                    base = name.removesuffix(".weight")
-                    file = index["weight_map"].pop(name)
-                    index["weight_map"][f"{base}.qweight"] = index["weight_map"][f"{base}.scales"] = file
-    if index is not None:
-        index_path.unlink()
-        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
 # ---- the builds --------------------------------------------------------------------------------------
 
 
@@ -500,6 +432,8 @@ def build_torch(o: BuildOptions, src: pathlib.Path, tmp: pathlib.Path, report: R
         raise BuildError(f"{o.model} has no *.safetensors weights")
     if o.weight_quantization == "int8":
         report.phase("quantizing", 0.6, "int8 weight-only quantization of the projection matrices")
+        from orpheus_tts.model.int8_weights import quantize_model_dir_int8  # the format's one home (imports torch)
+
         quantize_model_dir_int8(tmp / "model")
 
 
@@ -535,10 +469,17 @@ def stage_calibration(rows: list[str], tmp: pathlib.Path) -> pathlib.Path:
 def build_trtllm(o: BuildOptions, src: pathlib.Path, tmp: pathlib.Path, report: Reporter) -> None:
     copy_matching(src, tmp / "model", TOKENIZER_FILES)
     try:
-        from tensorrt_llm._tensorrt_engine import LLM
-        from tensorrt_llm.llmapi import BuildConfig, CalibConfig, KvCacheConfig, QuantAlgo, QuantConfig
+        # In the TensorRT-LLM image only (tests: tests/runtime/trtllm_double); no type information here.
+        from tensorrt_llm._tensorrt_engine import LLM  # type: ignore[import-not-found]
+        from tensorrt_llm.llmapi import (  # type: ignore[import-not-found]
+            BuildConfig,
+            CalibConfig,
+            KvCacheConfig,
+            QuantAlgo,
+            QuantConfig,
+        )
     except ImportError as e:
-        raise BuildError(f"TensorRT-LLM cannot be imported ({e})", EXIT_NO_TRTLLM) from None
+        raise BuildError(f"TensorRT-LLM cannot be imported ({e})", ExitCode.NO_TRTLLM) from None
 
     weight_algo = {"int4_awq": QuantAlgo.W4A16_AWQ, "int8": QuantAlgo.W8A16, "none": None}
     quant = QuantConfig(
@@ -555,9 +496,9 @@ def build_trtllm(o: BuildOptions, src: pathlib.Path, tmp: pathlib.Path, report: 
         try:
             rows = calibration.read_rows(directory)
         except (ValueError, KeyError, OSError) as e:
-            raise BuildError(f"cannot read the calibration set in {directory}: {e}", EXIT_USAGE) from None
+            raise BuildError(f"cannot read the calibration set in {directory}: {e}", ExitCode.USAGE) from None
         if not rows:
-            raise BuildError(f"the calibration set in {directory} is empty", EXIT_USAGE)
+            raise BuildError(f"the calibration set in {directory} is empty", ExitCode.USAGE)
         calib = CalibConfig(
             calib_dataset=str(stage_calibration(rows, tmp)),
             calib_batches=len(rows),
@@ -591,7 +532,7 @@ def build_trtllm(o: BuildOptions, src: pathlib.Path, tmp: pathlib.Path, report: 
         )
     except Exception as e:
         if o.calib_dataset is not None and _network_failure(e):
-            raise BuildError(f"cannot download the calibration dataset {o.calib_dataset}: {e}", EXIT_NETWORK) from e
+            raise BuildError(f"cannot download the calibration dataset {o.calib_dataset}: {e}", ExitCode.NETWORK) from e
         raise
     try:
         report.phase("building", 0.85, "saving the TensorRT engine")
@@ -638,12 +579,12 @@ def check_replaceable(out: pathlib.Path) -> None:
     """A rebuild replaces --out wholesale: refuse when it is something other than one of our builds
     (a typo'd --out must not delete a user's directory)."""
     if out.is_symlink() or out.is_file():
-        raise BuildError(f"--out {out} exists and is not a directory", EXIT_USAGE)
+        raise BuildError(f"--out {out} exists and is not a directory", ExitCode.USAGE)
     if out.is_dir() and any(out.iterdir()) and not (out / mf.MANIFEST_NAME).exists():
         raise BuildError(
             f"refusing to replace {out}: it is not empty and holds no {mf.MANIFEST_NAME} "
             "(not an engine directory); choose another --out or remove it",
-            EXIT_USAGE,
+            ExitCode.USAGE,
         )
 
 
@@ -703,8 +644,8 @@ def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None
     try:
         cfg = config.from_env(environ)
     except config.ConfigError as e:
-        Reporter(args.status_file, None).finish(EXIT_USAGE, f"invalid environment: {e}")
-        return EXIT_USAGE
+        Reporter(args.status_file, None).finish(ExitCode.USAGE, f"invalid environment: {e}")
+        return ExitCode.USAGE
     report = Reporter(args.status_file, cfg.hf_token)
     try:
         opts = options_from_args(args, cfg.hf_token, cfg.hf_offline)
@@ -713,14 +654,14 @@ def main(argv: list[str] | None = None, *, environ: dict[str, str] | None = None
         report.finish(e.exit_code, str(e))
         return e.exit_code
     except OSError as e:
-        code = EXIT_DISK_FULL if e.errno == errno.ENOSPC else EXIT_FAILED
-        report.finish(code, ("disk full: " if code == EXIT_DISK_FULL else "build failed: ") + str(e))
+        code = ExitCode.DISK_FULL if e.errno == errno.ENOSPC else ExitCode.FAILED
+        report.finish(code, ("disk full: " if code == ExitCode.DISK_FULL else "build failed: ") + str(e))
         return code
     except Exception as e:  # a library failure (quantization, engine build): report it, don't trace
-        report.finish(EXIT_FAILED, f"build failed: {type(e).__name__}: {e}")
-        return EXIT_FAILED
-    report.finish(EXIT_OK, message)
-    return EXIT_OK
+        report.finish(ExitCode.FAILED, f"build failed: {type(e).__name__}: {e}")
+        return ExitCode.FAILED
+    report.finish(ExitCode.OK, message)
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import shutil
 import sys
 from typing import Any
 
+from orpheus_tts.build.exit_codes import ExitCode
+
 FORMAT_VERSION = 1
 DATA_FILE = "train.jsonl"
 META_FILE = "calibration.json"
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.from_env()
     except config.ConfigError as e:
         print(f"orpheus-tts make-calibration: invalid environment: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         model_dir = hub.resolve_model(args.model, args.revision, cfg.hf_token, offline=cfg.hf_offline)
     except hub.HubError as e:
@@ -209,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         return hub.EXIT_CODES[e.kind]
     if args.out.exists():
         print(f"orpheus-tts make-calibration: {args.out} exists; choose a new --out", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     cfg.max_batch_size = min(args.rows, cfg.max_batch_size)
     make_calibration(model_dir, args.out, rows=args.rows, max_tokens=args.max_tokens, seed=args.seed, cfg=cfg,
                      source=args.model)  # fmt: skip
     print(args.out)
-    return 0
+    return ExitCode.OK

@@ -3,7 +3,7 @@
 Prints the versions that matter (orpheus-tts, torch, CUDA, driver, TensorRT-LLM, TensorRT), the GPU and
 its compute capability, whether the libraries actually load, and, with `--engine-dir`, whether that
 engine's manifest matches this GPU and these versions. Exits non-zero with the reason when not, with the
-same codes as build-engine (build_engine.py): 6 no GPU, 7 GPU unsupported, 10 TensorRT-LLM missing or not
+same codes as build-engine (exit_codes.py): 6 no GPU, 7 GPU unsupported, 10 TensorRT-LLM missing or not
 loadable, 11 engine directory not servable here.
 
 `build-engine --backend trtllm` and the server (loader.py) run the same checks in-process before they
@@ -23,14 +23,7 @@ import sys
 from dataclasses import dataclass, field
 
 from orpheus_tts.build import manifest as mf
-from orpheus_tts.build.build_engine import (  # the exit codes' one home
-    EXIT_ENGINE_MISMATCH,
-    EXIT_GPU_UNSUPPORTED,
-    EXIT_NO_GPU,
-    EXIT_NO_TRTLLM,
-    EXIT_OK,
-    EXIT_USAGE,
-)
+from orpheus_tts.build.exit_codes import ExitCode
 
 MIN_SM = 80  # Ampere: what our TensorRT engines (INT4-AWQ, INT8 KV, bf16) need
 TENSORRT_LIB_DIR = "/usr/local/tensorrt/lib"  # NVIDIA's TensorRT-LLM image (docker/common/install_tensorrt.sh)
@@ -60,7 +53,7 @@ class Facts:
 
 @dataclass(frozen=True)
 class Problem:
-    code: int
+    code: ExitCode
     message: str
 
 
@@ -74,33 +67,44 @@ def _lib_hint(f: Facts) -> str:
 def assess(f: Facts, backend: str, engine: mf.Manifest | None = None, engine_dir: str | None = None,
            damaged: list[str] | None = None) -> list[Problem]:  # fmt: skip
     """Pure: what stops `backend` (and the engine, when given) here, most fundamental first."""
-    problems: list[Problem] = []
-    if backend == "trtllm":
-        if not f.trtllm_installed:
-            problems.append(Problem(EXIT_NO_TRTLLM, NOT_INSTALLED))
-        elif f.tensorrt_error:
-            problems.append(Problem(EXIT_NO_TRTLLM, f"TensorRT does not load: {f.tensorrt_error}{_lib_hint(f)}"))
-        elif f.trtllm_error:
-            problems.append(Problem(EXIT_NO_TRTLLM, f"TensorRT-LLM does not load: {f.trtllm_error}{_lib_hint(f)}"))
-        if f.gpu_arch is None:
-            problems.append(Problem(EXIT_NO_GPU, NO_GPU))
-        elif int(f.gpu_arch.removeprefix("sm_")) < MIN_SM:
-            old = f"GPU {f.gpu_name} ({f.gpu_arch}) is older than sm_80 (Ampere)"
-            problems.append(
-                Problem(EXIT_GPU_UNSUPPORTED, f"{old}: TensorRT-LLM engines here need A100, L4, H100 or newer")
-            )
+    problems = _trtllm_problems(f) if backend == "trtllm" else []
     if engine_dir is not None:
-        where = f"engine {engine_dir}"
-        if engine is None:
-            problems.append(Problem(EXIT_ENGINE_MISMATCH, f"{where}: {damaged[0] if damaged else 'no manifest'}"))
-        elif damaged:
-            problems.append(Problem(EXIT_ENGINE_MISMATCH, f"{where} is incomplete or damaged: {'; '.join(damaged)}; "
-                                    "rebuild it"))  # fmt: skip
-        else:
-            env = mf.Environment(gpu_name=f.gpu_name, gpu_arch=f.gpu_arch, tools=f.versions)
-            for text in mf.check_compatible(engine, env):
-                problems.append(Problem(EXIT_ENGINE_MISMATCH, f"{where} cannot be served here: {text}"))
+        problems += _engine_problems(f, engine, f"engine {engine_dir}", damaged or [])
     return problems
+
+
+def _trtllm_problems(f: Facts) -> list[Problem]:
+    """The TensorRT-LLM libraries, then the GPU."""
+    problems: list[Problem] = []
+    if not f.trtllm_installed:
+        problems.append(Problem(ExitCode.NO_TRTLLM, NOT_INSTALLED))
+    elif f.tensorrt_error:
+        problems.append(Problem(ExitCode.NO_TRTLLM, f"TensorRT does not load: {f.tensorrt_error}{_lib_hint(f)}"))
+    elif f.trtllm_error:
+        problems.append(Problem(ExitCode.NO_TRTLLM, f"TensorRT-LLM does not load: {f.trtllm_error}{_lib_hint(f)}"))
+    if f.gpu_arch is None:
+        problems.append(Problem(ExitCode.NO_GPU, NO_GPU))
+    elif int(f.gpu_arch.removeprefix("sm_")) < MIN_SM:
+        old = f"GPU {f.gpu_name} ({f.gpu_arch}) is older than sm_80 (Ampere)"
+        problems.append(
+            Problem(ExitCode.GPU_UNSUPPORTED, f"{old}: TensorRT-LLM engines here need A100, L4, H100 or newer")
+        )
+    return problems
+
+
+def _engine_problems(f: Facts, engine: mf.Manifest | None, where: str, damaged: list[str]) -> list[Problem]:
+    """An engine directory: readable and complete, then built for this GPU and these versions."""
+    if engine is None:
+        return [Problem(ExitCode.ENGINE_MISMATCH, f"{where}: {damaged[0] if damaged else 'no manifest'}")]
+    if damaged:
+        return [
+            Problem(ExitCode.ENGINE_MISMATCH, f"{where} is incomplete or damaged: {'; '.join(damaged)}; rebuild it")
+        ]
+    env = mf.Environment(gpu_name=f.gpu_name, gpu_arch=f.gpu_arch, tools=f.versions)
+    return [
+        Problem(ExitCode.ENGINE_MISMATCH, f"{where} cannot be served here: {text}")
+        for text in mf.check_compatible(engine, env)
+    ]
 
 
 # ---- I/O ------------------------------------------------------------------------------------------------
@@ -193,7 +197,7 @@ def library_problem() -> Problem | None:
     f = gather("trtllm")
     if not f.trtllm_installed:
         return None
-    return next((p for p in assess(f, "trtllm") if p.code == EXIT_NO_TRTLLM), None)
+    return next((p for p in assess(f, "trtllm") if p.code == ExitCode.NO_TRTLLM), None)
 
 
 def render(f: Facts, backend: str, problems: list[Problem], engine_dir: str | None) -> str:
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.from_env()
     except config.ConfigError as e:
         print(f"orpheus-tts doctor: invalid environment: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     engine_dir = args.engine_dir or cfg.engine_dir
     engine, damaged = engine_facts(engine_dir) if engine_dir else (None, [])
     backend = args.backend or (engine.backend if engine else cfg.backend)
@@ -235,4 +239,4 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(body, indent=2))
     else:
         print(render(facts, backend, problems, engine_dir))
-    return problems[0].code if problems else EXIT_OK
+    return problems[0].code if problems else ExitCode.OK

@@ -81,12 +81,16 @@ def make_handler(root: pathlib.Path) -> type[http.server.BaseHTTPRequestHandler]
     return Handler
 
 
-def serve_engines_main(argv: list[str] | None = None) -> int:
+def serve_engines_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orpheus-tts serve-engines", description=__doc__)
     p.add_argument("--dir", type=pathlib.Path, default=pathlib.Path("/engines"))
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8080)
-    args = p.parse_args(argv)
+    return p
+
+
+def serve_engines_main(argv: list[str] | None = None) -> int:
+    args = serve_engines_parser().parse_args(argv)
     server = http.server.ThreadingHTTPServer((args.host, args.port), make_handler(args.dir))
     print(f"serve-engines: serving finished engines of {args.dir} on {args.host}:{args.port}", file=sys.stderr)
     server.serve_forever()
@@ -131,12 +135,16 @@ def fetch(base_url: str, out: pathlib.Path, timeout: float = 60.0) -> mf.Manifes
     return manifest
 
 
-def fetch_engine_main(argv: list[str] | None = None) -> int:
+def fetch_engine_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orpheus-tts fetch-engine", description=__doc__)
     p.add_argument("--url", required=True, help="http://<store>:8080/<engine hash>")
     p.add_argument("--out", type=pathlib.Path, required=True)
     p.add_argument("--retry-seconds", type=float, default=600.0, help="how long to wait for the store to answer")
-    args = p.parse_args(argv)
+    return p
+
+
+def fetch_engine_main(argv: list[str] | None = None) -> int:
+    args = fetch_engine_parser().parse_args(argv)
     deadline = time.monotonic() + args.retry_seconds
     while True:
         try:

@@ -16,12 +16,21 @@ import logging
 import pathlib
 import sys
 
+from orpheus_tts.build.exit_codes import ExitCode
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model"]
 KINDS = ("auth", "not_found", "revision", "network", "disk_full", "other")
-# Same numbers as build_engine's exit codes (contracts.md), so scripts can treat both alike.
-EXIT_CODES = {"auth": 3, "not_found": 4, "revision": 4, "disk_full": 5, "network": 9, "other": 1}
+# Each kind's exit code, the same for `download`, `make-calibration` and `build-engine`.
+EXIT_CODES = {
+    "auth": ExitCode.AUTH,
+    "not_found": ExitCode.NOT_FOUND,
+    "revision": ExitCode.NOT_FOUND,
+    "disk_full": ExitCode.DISK_FULL,
+    "network": ExitCode.NETWORK,
+    "other": ExitCode.FAILED,
+}
 
 
 class HubError(RuntimeError):
@@ -158,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = from_env()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     offline = cfg.hf_offline if args.offline is None else True
     try:
         path = resolve_model(args.repo, args.revision, cfg.hf_token, allow_patterns=args.patterns,
@@ -167,4 +176,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error ({e.kind}): {e}", file=sys.stderr)
         return EXIT_CODES[e.kind]
     print(path)
-    return 0
+    return ExitCode.OK

@@ -30,6 +30,7 @@ from orpheus_tts.engine.step_graphs import (
     prefill_step,
     right_padded,
 )
+from orpheus_tts.model import kv_quant
 from orpheus_tts.model.llama import load_transformer
 from orpheus_tts.model.model_spec import ModelSpec
 
@@ -60,6 +61,17 @@ class StepOutput(Generic[R]):
     decode_gpu_s: float = 0.0
 
 
+def check_fp8_support(cfg: RuntimeConfig, device: torch.device) -> None:
+    """FP8 (KV cache or projections) needs FP8 tensor cores on CUDA (sm89+: Ada, Hopper); a CPU emulates it
+    (tests). Refused at startup with a clear message rather than failing inside the first step."""
+    wants = [name for name, value in (("ORPHEUS_KV_CACHE_DTYPE", cfg.kv_cache_dtype),
+                                      ("ORPHEUS_LINEAR_DTYPE", cfg.linear_dtype)) if value == "fp8"]  # fmt: skip
+    if wants and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        name = torch.cuda.get_device_name(device)
+        raise EngineError(f"{' and '.join(wants)}=fp8 needs an Ada or Hopper GPU (sm89+), not {name}; "
+                          "use int8 for the KV cache", "config")  # fmt: skip
+
+
 class ModelRunner:
     def __init__(self, model_dir: pathlib.Path, cfg: RuntimeConfig, spec: ModelSpec, device: torch.device,
                  dtype: torch.dtype) -> None:  # fmt: skip
@@ -70,15 +82,17 @@ class ModelRunner:
         self.max_seq = cfg.max_input_len + cfg.max_output_len
         self.scratch_slot = self.capacity  # one extra cache row: padded batch entries point at it
         slots = self.capacity + 1
-        log.info("loading %s on %s (%s), %d slots x %d positions", model_dir, self.device, self.dtype,
-                 self.capacity, self.max_seq)  # fmt: skip
+        log.info("loading %s on %s (%s), %d slots x %d positions, KV cache %s, projections %s",
+                 model_dir, self.device, self.dtype, self.capacity, self.max_seq, cfg.kv_cache_dtype,
+                 cfg.linear_dtype)  # fmt: skip
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # caches, graphs and Triton kernels on the configured GPU
+        check_fp8_support(cfg, self.device)
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
         self._events: list[torch.cuda.Event] | None = None  # CUDA only, created on the engine thread
         with torch.inference_mode():
-            self.model = load_transformer(model_dir, spec.shape, self.device, self.dtype)
+            self.model = load_transformer(model_dir, spec.shape, self.device, self.dtype, cfg.linear_dtype)
             self._allocate_kv_cache(slots)
             self.model.set_output_rows(output_rows(spec))
             self.sampler = SlotSampler(spec, slots, self.device)
@@ -101,10 +115,12 @@ class ModelRunner:
     def _allocate_kv_cache(self, slots: int) -> None:
         """The KV cache, `slots` rows of max_seq positions: the engine's largest allocation."""
         try:
-            self.model.setup_caches(slots, self.max_seq, attention=self._attention_kind())
+            self.model.setup_caches(slots, self.max_seq, attention=self._attention_kind(),
+                                    kv_cache_dtype=self.cfg.kv_cache_dtype)  # fmt: skip
         except torch.OutOfMemoryError:
             s = self.spec.shape
-            per_slot = 2 * s.num_layers * s.num_kv_heads * self.max_seq * s.head_dim * self.dtype.itemsize
+            itemsize = kv_quant.storage_dtype(self.cfg.kv_cache_dtype, self.dtype).itemsize
+            per_slot = 2 * s.num_layers * s.num_kv_heads * self.max_seq * s.head_dim * itemsize
             gib = slots * per_slot / 2**30
             raise EngineError(f"the KV cache for {self.capacity} slots x {self.max_seq} positions needs "
                               f"{gib:.1f} GiB, more than the device has free: lower TRTLLM_MAX_BATCH_SIZE "
@@ -169,9 +185,11 @@ class ModelRunner:
         self._mark(2)
         out: StepOutput[R] = StepOutput([], [], failed)
         if results:
-            # The one host sync of the step, for every slot at once.
-            out.ids = torch.cat([ids for _, ids in results]).tolist()
-            out.requests = [r for group, _ in results for r in group]
+            # The one host sync of the step, for every slot at once. A step of one group (decode only, as
+            # most are) needs no joining copy.
+            single = len(results) == 1
+            out.ids = (results[0][1] if single else torch.cat([ids for _, ids in results])).tolist()
+            out.requests = results[0][0] if single else [r for group, _ in results for r in group]
             if self._events is not None:  # the sync above completed them
                 out.prefill_gpu_s = self._events[0].elapsed_time(self._events[1]) / 1000
                 out.decode_gpu_s = self._events[1].elapsed_time(self._events[2]) / 1000

@@ -84,22 +84,22 @@ class Scheduler(Generic[R]):
         return Batch(admitted, decode)
 
     def update(self, requests: list[R], ids: list[int]) -> None:
-        """One new id per request, from the step that ran them."""
+        """One new id per request, from the step that ran them: a stop id or the request's `max_tokens`-th id
+        ends it; other ids wait until a whole frame (`deliver_every`) can go out. (One loop, no call per id:
+        at 400 streams this runs 400 times a step, on the thread the GPU waits for.)"""
+        stop_ids, deliver_every, ready = self.stop_ids, self.deliver_every, self._ready
         for r, tok in zip(requests, ids, strict=True):
-            self.emit(r, tok)
-
-    def emit(self, r: R, tok: int) -> None:
-        if r.slot < 0:  # finished by an error earlier in this step
-            return
-        r.generated += 1
-        if tok in self.stop_ids:
-            self.finish(r, END)
-            return
-        r.tokens.append(tok)
-        if r.generated >= r.params.max_tokens:
-            self.finish(r, END)
-        elif len(r.tokens) >= self.deliver_every:
-            self._ready[id(r)] = r
+            if r.slot < 0:  # finished by an error earlier in this step
+                continue
+            r.generated += 1
+            if tok in stop_ids:
+                self.finish(r, END)
+                continue
+            r.tokens.append(tok)
+            if r.generated >= r.params.max_tokens:
+                self.finish(r, END)
+            elif len(r.tokens) >= deliver_every:
+                ready[id(r)] = r
 
     def finish(self, r: R, last: Any) -> None:
         """Frees r's slot at once (the next step may reuse it) and queues its final item."""

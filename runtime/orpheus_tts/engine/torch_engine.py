@@ -206,7 +206,7 @@ class TorchEngine:
         started = time.perf_counter()
         batch = self.scheduler.schedule()
         out = self.runner.run(batch)
-        for r, error in out.failed:
+        for r, error in out.failed:  # a failed prefill or decode ends its own requests only
             self.scheduler.finish(r, error)
         self.scheduler.update(out.requests, out.ids)
         self.stats.prefill_gpu_seconds += out.prefill_gpu_s
@@ -221,8 +221,8 @@ class TorchEngine:
         finished request's id is free again before its end is posted."""
         output = self.scheduler.take_output()
         with self._lock:
-            for r, item in output:
-                if item is r.final and self._live.get(r.id) is r:
+            for r, _ in output:
+                if r.final is not None and self._live.get(r.id) is r:
                     del self._live[r.id]
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, Any]]] = {}
         for r, item in output:

@@ -7,12 +7,14 @@ H100, see shared/reference/h100-measurements.md). This split-K ("flash decoding"
 sequence's valid prefix, dequantises int8 in registers, and handles grouped-query attention by letting
 one program serve all query heads of a KV head, so K and V are read once per KV head.
 
-Layout: q `[B, Hq, D]`; caches `[slots, Hkv, max_seq, D]` (bf16/fp16/fp32, or int8 with per-token
-scales `[slots, Hkv, max_seq]`); `slot_idx[B]` says which cache row each query uses; `lengths[B]` counts
-valid positions (the current token already written). Grid and buffers depend only on shapes, never on
-lengths, so a call can be captured in a CUDA graph and replayed as sequences grow.
+Layout: q `[B, Hq, D]`; caches `[slots, Hkv, max_seq, D]` (bf16/fp16/fp32, fp8 e4m3 on
+Hopper/Ada, or int8 with per-token scales `[slots, Hkv, max_seq]`; see kv_quant.py); `slot_idx[B]` says
+which cache row each query uses; `lengths[B]` counts valid positions (the current token already written).
+Grid and buffers depend only on shapes, never on lengths, so a call can be captured in a CUDA graph and
+replayed as sequences grow.
 
-`decode_attention_reference` is the same function in plain PyTorch: the CPU path and the test oracle.
+`decode_attention_reference` is the same function in plain PyTorch: the test oracle (the engine's CPU path
+is SDPA, in llama.py). Under TRITON_INTERPRET=1 the kernel itself runs on the CPU (the tests).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
-import triton.language as tl
+import triton  # type: ignore[import-untyped]
+import triton.language as tl  # type: ignore[import-untyped]
+
+from orpheus_tts.model.kv_quant import quantize_kv  # noqa: F401  (re-exported: tests, benchmarks)
 
 
 @triton.jit
@@ -59,19 +63,26 @@ def _split_kernel(
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         nmask = offs_n < end
+        # int8 and fp8 tiles convert straight to q's dtype (int8 -> bf16 is exact): no fp32 tile in the loop.
         k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=nmask[:, None], other=0.0)
         v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=nmask[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k.to(q.dtype))).to(tl.float32) * sm_scale
         if QUANTIZED:
+            # The per-token scales factor out of both products: K's scales multiply the scores' columns,
+            # V's the probabilities, so dequantising costs [GROUP, BLOCK_N] multiplies, not [BLOCK_N, D].
             s_off = slot * stride_ss + kv_head * stride_sh + offs_n
-            k = (k.to(tl.float32) * tl.load(KScale + s_off, mask=nmask, other=0.0)[:, None]).to(q.dtype)
-            v = (v.to(tl.float32) * tl.load(VScale + s_off, mask=nmask, other=0.0)[:, None]).to(q.dtype)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * sm_scale
+            s = s * tl.load(KScale + s_off, mask=nmask, other=0.0)[None, :]
+            v_scale = tl.load(VScale + s_off, mask=nmask, other=0.0)
         s = tl.where(nmask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp(s - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+        if QUANTIZED:
+            pv = p * v_scale[None, :]
+        else:
+            pv = p
+        acc = acc * alpha[:, None] + tl.dot(pv.to(q.dtype), v.to(q.dtype)).to(tl.float32)
         m_i = m_new
 
     # An empty split (start >= length) leaves l_i == 0: mark it with lse = -inf so the merge ignores it.
@@ -129,14 +140,15 @@ def decode_attention(
     quantized = k_cache.dtype == torch.int8
     if quantized and (k_scale is None or v_scale is None):
         raise ValueError("an int8 cache needs k_scale and v_scale")
+    # Any tensor where the kernel reads no scales (not QUANTIZED).
+    ks = k_scale if k_scale is not None and quantized else lengths
+    vs = v_scale if v_scale is not None and quantized else lengths
     splits = num_splits or pick_num_splits(batch, kv_heads, max_seq, block_n=block_n)
     chunk = math.ceil(math.ceil(max_seq / splits) / block_n) * block_n
     mid_o = torch.empty((batch, q_heads, splits, head_dim), dtype=torch.float32, device=q.device)
     mid_lse = torch.empty((batch, q_heads, splits), dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
-    ks = k_scale if quantized else lengths  # any tensor: never read when not QUANTIZED
-    vs = v_scale if quantized else lengths
-    stride_ss, stride_sh = (k_scale.stride(0), k_scale.stride(1)) if quantized else (0, 0)
+    stride_ss, stride_sh = (ks.stride(0), ks.stride(1)) if quantized else (0, 0)
     _split_kernel[(batch, kv_heads, splits)](
         q, k_cache, v_cache, ks, vs, slot_idx, lengths, mid_o, mid_lse,
         q.stride(0), q.stride(1),
@@ -172,9 +184,11 @@ def decode_attention_reference(
     """The same attention with PyTorch ops: a masked softmax over each slot's cache row."""
     q_heads, head_dim = q.shape[1], q.shape[2]
     kv_heads, max_seq = k_cache.shape[1], k_cache.shape[2]
-    k = k_cache[slot_idx].float()
+    k = k_cache[slot_idx].float()  # int8 and fp8 as their values
     v = v_cache[slot_idx].float()
     if k_cache.dtype == torch.int8:
+        if k_scale is None or v_scale is None:
+            raise ValueError("an int8 cache needs k_scale and v_scale")
         k = k * k_scale[slot_idx].float().unsqueeze(-1)
         v = v * v_scale[slot_idx].float().unsqueeze(-1)
     group = q_heads // kv_heads
@@ -184,10 +198,3 @@ def decode_attention_reference(
     valid = torch.arange(max_seq, device=q.device)[None, :] < lengths[:, None].to(q.device)
     scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
     return torch.einsum("bht,bhtd->bhd", scores.softmax(-1), v).to(q.dtype)
-
-
-def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per (token, head) over the head dim: `x ~= q * scale[..., None]`."""
-    scale = x.abs().amax(dim=-1).float().clamp(min=1e-6) / 127.0
-    q = torch.round(x.float() / scale.unsqueeze(-1)).clamp(-127, 127).to(torch.int8)
-    return q, scale

@@ -16,12 +16,17 @@ import math
 import pathlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from orpheus_tts.model import int8_weights, kv_quant
 from orpheus_tts.model.model_spec import LlamaShape, RopeScaling
+
+LINEAR_DTYPES = ("auto", "fp8")  # the layers' projections: the model dtype, or FP8 e4m3 (Hopper)
+KV_CACHE_DTYPES = ("auto", "int8", "fp8")  # the KV cache: the model dtype, int8 + per-token scales, e4m3
 
 
 def rope_inv_freq(shape: LlamaShape) -> torch.Tensor:
@@ -107,35 +112,63 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
 
-class Int8Linear(nn.Module):
-    """Weight-only int8 (per output channel), as build_engine.py writes it: `w = qweight * scales[:, None]`.
+class Fp8Linear(nn.Module):
+    """FP8 (e4m3) weights and activations for Hopper's FP8 tensor cores: `y = (xq @ wq.T) * sx * sw`.
 
-    Halves the bytes a decode step streams, which is what bounds small batches. gpt-fast's formulation:
-    the int8->float cast is fused into the GEMM's operand load by the compiler; eager still saves memory."""
+    Weights: per output channel scales, quantised once at load. Activations: per token (row) scales,
+    quantised at every call. On CUDA the product is `torch._scaled_mm` with row-wise scales (sm89+); on a
+    CPU the same numbers are emulated in fp32 (tests). Halves the weight bytes a decode step streams and
+    doubles the tensor-core rate of the prefill GEMMs."""
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    weight_t: torch.Tensor
+    scales: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scales", torch.empty(out_features))
+        qweight, scales = quantize_fp8_rows(weight)
+        self.register_buffer("weight_t", qweight.t())  # [in, out], column-major: what _scaled_mm wants
+        self.register_buffer("scales", scales[None, :])  # [1, out] fp32
+        # Eager, the activation quantisation is ~8 small kernels per call (x 112 projections per step):
+        # Transformer.compile_ops() swaps in a compiled one (one fused kernel).
+        self.quantize: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = quantize_fp8_rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+        lead, k = x.shape[:-1], x.shape[-1]
+        xq, xs = self.quantize(x.reshape(-1, k))
+        if x.is_cuda:
+            y = torch._scaled_mm(xq, self.weight_t, scale_a=xs[:, None], scale_b=self.scales, out_dtype=x.dtype)
+        else:
+            y = ((xq.float() * xs[:, None]) @ (self.weight_t.float() * self.scales)).to(x.dtype)
+        return y.reshape(*lead, -1)
 
 
-def _linear(in_features: int, out_features: int, int8: bool) -> nn.Module:
-    return Int8Linear(in_features, out_features) if int8 else nn.Linear(in_features, out_features, bias=False)
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def quantize_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric e4m3 per row: `x ~= q * scale[:, None]`, scale fp32 `[rows]`."""
+    scale = x.abs().amax(dim=-1).float().clamp(min=1e-12) / FP8_MAX
+    q = (x.float() / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def use_fp8_linears(model: Transformer) -> None:
+    """Replaces every projection of every layer (not the embedding or output layer) by an Fp8Linear."""
+    for block in model.blocks():
+        for name in ("wqkv", "wo", "w13", "w2"):
+            setattr(block, name, Fp8Linear(getattr(block, name).weight))
 
 
 class Block(nn.Module):
-    def __init__(self, shape: LlamaShape, int8: bool = False) -> None:
+    def __init__(self, shape: LlamaShape) -> None:
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         # Fused projections: one GEMM each instead of three and two (loader concatenates HF's weights).
-        self.wqkv = _linear(shape.hidden_size, q_dim + 2 * kv_dim, int8)
-        self.wo = _linear(q_dim, shape.hidden_size, int8)
-        self.w13 = _linear(shape.hidden_size, 2 * shape.intermediate_size, int8)
-        self.w2 = _linear(shape.intermediate_size, shape.hidden_size, int8)
+        self.wqkv = nn.Linear(shape.hidden_size, q_dim + 2 * kv_dim, bias=False)
+        self.wo = nn.Linear(q_dim, shape.hidden_size, bias=False)
+        self.w13 = nn.Linear(shape.hidden_size, 2 * shape.intermediate_size, bias=False)
+        self.w2 = nn.Linear(shape.intermediate_size, shape.hidden_size, bias=False)
         self.attention_norm = RMSNorm(shape.hidden_size)
         self.ffn_norm = RMSNorm(shape.hidden_size)
 
@@ -156,30 +189,44 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, shape: LlamaShape, int8: bool = False) -> None:
+    def __init__(self, shape: LlamaShape) -> None:
         super().__init__()
         self.shape = shape
         self.tok_embeddings = nn.Embedding(shape.vocab_size, shape.hidden_size)
-        self.layers = nn.ModuleList(Block(shape, int8) for _ in range(shape.num_layers))
+        self.layers = nn.ModuleList(Block(shape) for _ in range(shape.num_layers))
         self.norm = RMSNorm(shape.hidden_size)
         self.output = None if shape.tie_word_embeddings else nn.Linear(shape.hidden_size, shape.vocab_size, bias=False)
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
+        self.k_scale: torch.Tensor | None = None  # int8 cache only: per (token, head) scales
+        self.v_scale: torch.Tensor | None = None
+        self.kv_cache_dtype = "auto"
         self.out_weight: torch.Tensor | None = None
         self.attention = "sdpa"
         self.ops = LayerOps()
 
     # -- setup --------------------------------------------------------------------------------------
 
-    def setup_caches(self, slots: int, max_seq: int, attention: str = "sdpa") -> None:
+    def setup_caches(self, slots: int, max_seq: int, attention: str = "sdpa", kv_cache_dtype: str = "auto") -> None:
         """Allocates K/V `[layers, slots, kv_heads, max_seq, head_dim]` and the RoPE tables.
 
-        attention: "sdpa" (PyTorch, any device) or "triton" (decode_attention.py, CUDA only)."""
+        attention: "sdpa" (PyTorch, any device) or "triton" (decode_attention.py, CUDA only).
+        kv_cache_dtype: "auto" (the model's dtype), "int8" or "fp8" (kv_quant.py). Prefill attends over
+        its own fresh K/V; only what later decode steps read back goes through the quantised cache."""
+        if kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, not {kv_cache_dtype!r}")
         weight = self.tok_embeddings.weight
         s = self.shape
         dims = (s.num_layers, slots, s.num_kv_heads, max_seq, s.head_dim)
-        self.k_cache = torch.zeros(dims, dtype=weight.dtype, device=weight.device)
-        self.v_cache = torch.zeros(dims, dtype=weight.dtype, device=weight.device)
+        store = kv_quant.storage_dtype(kv_cache_dtype, weight.dtype)
+        self.k_cache = torch.zeros(dims, dtype=store, device=weight.device)
+        self.v_cache = torch.zeros(dims, dtype=store, device=weight.device)
+        self.kv_cache_dtype = kv_cache_dtype
+        if kv_cache_dtype == "int8":
+            self.k_scale = torch.zeros(dims[:-1], dtype=torch.float32, device=weight.device)
+            self.v_scale = torch.zeros(dims[:-1], dtype=torch.float32, device=weight.device)
+        else:
+            self.k_scale = self.v_scale = None
         cos, sin = rope_tables(s, max_seq, weight.device)
         self.cos, self.sin = cos.to(weight.dtype), sin.to(weight.dtype)
         self.attention = attention
@@ -199,11 +246,52 @@ class Transformer(nn.Module):
 
     def logits(self, normed: torch.Tensor) -> torch.Tensor:
         """Output-layer logits `[..., rows]` of final-normed hidden states."""
+        if self.out_weight is None:
+            raise RuntimeError("setup_caches() first")
         return F.linear(normed, self.out_weight)
 
+    def caches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V `[layers, slots, kv_heads, max_seq, head_dim]`."""
+        if self.k_cache is None or self.v_cache is None:
+            raise RuntimeError("setup_caches() first")
+        return self.k_cache, self.v_cache
+
+    def blocks(self) -> list[Block]:
+        return [cast(Block, layer) for layer in self.layers]
+
+    def write_kv(self, i: int, slots: torch.Tensor, pos: torch.Tensor | slice, k: torch.Tensor,
+                 v: torch.Tensor) -> None:  # fmt: skip
+        """Stores layer i's K/V at `[slots, :, pos]` of the cache, quantised as the cache is."""
+        k_cache, v_cache = self.caches()
+        for cache, scale, x in ((k_cache, self.k_scale, k), (v_cache, self.v_scale, v)):
+            if scale is not None:
+                cache[i, slots, :, pos], scale[i, slots, :, pos] = kv_quant.quantize_kv(x)
+            elif cache.dtype == kv_quant.FP8:
+                # Through a byte view: indexed writes are implemented for every integer type on every
+                # device, not for every float8 type.
+                cache.view(torch.uint8)[i, slots, :, pos] = kv_quant.to_fp8(x).view(torch.uint8)
+            else:
+                cache[i, slots, :, pos] = x
+
+    def read_kv_rows(self, i: int, slots: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's whole cache rows of `slots`, dequantised to `dtype` (the SDPA path)."""
+
+        def one(cache: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+            return kv_quant.dequantize(cache[i, slots], None if scale is None else scale[i, slots], dtype)
+
+        k_cache, v_cache = self.caches()
+        return one(k_cache, self.k_scale), one(v_cache, self.v_scale)
+
     def compile_ops(self) -> None:
-        """Fused elementwise kernels (torch.compile, CUDA); compiled at first use, i.e. during warm-up."""
+        """Fused elementwise kernels (torch.compile, CUDA); compiled at first use, i.e. during warm-up.
+        Call after use_fp8_linears (load_transformer does that first): FP8 projections get a compiled
+        activation quantisation too."""
         self.ops = compiled_ops()
+        fp8 = [m for m in self.modules() if isinstance(m, Fp8Linear)]
+        if fp8:
+            quantize = torch.compile(quantize_fp8_rows, dynamic=True, fullgraph=True)
+            for m in fp8:
+                m.quantize = quantize
 
     def _layers(self, x: torch.Tensor, attend: Callable) -> torch.Tensor:
         """The layer stack over embeddings x `[N, T, H]`; `attend(i, q, k, v)` does layer i's RoPE'd
@@ -212,7 +300,7 @@ class Transformer(nn.Module):
         The residual add of each sub-layer is fused into the next norm (`add_rms_norm`), as vLLM does."""
         ops, eps = self.ops, self.shape.rms_norm_eps
         h, delta = x, None
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.blocks()):
             if delta is None:
                 normed = ops.rms_norm(h, layer.attention_norm.weight, eps)
             else:
@@ -232,8 +320,7 @@ class Transformer(nn.Module):
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             q, k = self.ops.rope(q, k, cos, sin)
-            self.k_cache[i, slots, :, :t] = k
-            self.v_cache[i, slots, :, :t] = v
+            self.write_kv(i, slots, slice(0, t), k, v)
             # Causal within the prompt is all a fresh sequence needs; padding sits after the real tokens.
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
@@ -247,20 +334,23 @@ class Transformer(nn.Module):
         Static shapes and no host syncs, so the call can be captured in a CUDA graph. Returns `[B, rows]`."""
         cos, sin = self.cos[positions][:, None, None], self.sin[positions][:, None, None]
         lengths = positions + 1
+        k_cache, v_cache = self.caches()
         if self.attention == "triton":
             from orpheus_tts.model.decode_attention import decode_attention
         else:
-            max_seq = self.k_cache.shape[3]
+            max_seq = k_cache.shape[3]
             mask = (torch.arange(max_seq, device=tokens.device)[None] < lengths[:, None])[:, None, None]
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             q, k = self.ops.rope(q, k, cos, sin)
-            self.k_cache[i, slots, :, positions] = k[:, :, 0]
-            self.v_cache[i, slots, :, positions] = v[:, :, 0]
+            self.write_kv(i, slots, positions, k[:, :, 0], v[:, :, 0])
             if self.attention == "triton":
-                return decode_attention(q[:, :, 0], self.k_cache[i], self.v_cache[i], slots, lengths)[:, :, None]
+                k_scale = None if self.k_scale is None else self.k_scale[i]
+                v_scale = None if self.v_scale is None else self.v_scale[i]
+                return decode_attention(q[:, :, 0], k_cache[i], v_cache[i], slots, lengths, k_scale=k_scale,
+                                        v_scale=v_scale)[:, :, None]  # fmt: skip
             # Reads each slot's whole cache row; the Triton kernel reads only the valid prefix.
-            k_all, v_all = self.k_cache[i, slots], self.v_cache[i, slots]
+            k_all, v_all = self.read_kv_rows(i, slots, q.dtype)
             return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=True)
 
         normed = self._layers(self.tok_embeddings(tokens)[:, None], attend)
@@ -271,15 +361,8 @@ class Transformer(nn.Module):
 
 
 def _projection(hf: dict[str, torch.Tensor], names: list[str], ours: str) -> dict[str, torch.Tensor]:
-    """HF projections `names` (`<m>.weight`, or int8 `<m>.qweight` + `<m>.scales`) -> one fused `ours`."""
-    if f"{names[0]}.qweight" in hf:
-        return {f"{ours}.weight": torch.cat([hf[f"{n}.qweight"] for n in names]),
-                f"{ours}.scales": torch.cat([hf[f"{n}.scales"] for n in names])}  # fmt: skip
+    """HF projections `names` (`<m>.weight`) -> one fused `ours`."""
     return {f"{ours}.weight": torch.cat([hf[f"{n}.weight"] for n in names])}
-
-
-def is_int8_checkpoint(hf: dict[str, torch.Tensor]) -> bool:
-    return any(name.endswith(".qweight") for name in hf)
 
 
 def hf_to_fused(hf: dict[str, torch.Tensor], shape: LlamaShape) -> dict[str, torch.Tensor]:
@@ -315,15 +398,24 @@ def read_safetensors(model_dir: pathlib.Path, device: torch.device, dtype: torch
 
 
 def load_transformer(model_dir: str | pathlib.Path, shape: LlamaShape, device: torch.device,
-                     dtype: torch.dtype) -> Transformer:  # fmt: skip
-    """Builds the model on the meta device (no memory) and assigns the checkpoint's tensors."""
+                     dtype: torch.dtype, linear_dtype: str = "auto") -> Transformer:  # fmt: skip
+    """Builds the model on the meta device (no memory) and assigns the checkpoint's tensors.
+
+    An int8 weight-only checkpoint (int8_weights.py) is dequantised here, once. linear_dtype "fp8" then
+    turns every layer's projections into Fp8Linear (Hopper's FP8 GEMMs); "auto" keeps `dtype`."""
+    if linear_dtype not in LINEAR_DTYPES:
+        raise ValueError(f"linear_dtype must be one of {', '.join(LINEAR_DTYPES)}, not {linear_dtype!r}")
     hf = read_safetensors(pathlib.Path(model_dir), device, dtype)
+    if int8_weights.is_int8_checkpoint(hf):
+        hf = int8_weights.dequantize_checkpoint(hf, dtype)
     with torch.device("meta"):
-        model = Transformer(shape, int8=is_int8_checkpoint(hf))
+        model = Transformer(shape)
     try:
         state = hf_to_fused(hf, shape)
     except KeyError as e:
         raise ValueError(f"checkpoint in {model_dir} lacks tensor {e.args[0]}") from None
     del hf
     model.load_state_dict(state, assign=True, strict=True)
+    if linear_dtype == "fp8":
+        use_fp8_linears(model)
     return model.eval().requires_grad_(False)

@@ -13,6 +13,8 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from orpheus_tts.audio import CODES_PER_FRAME, SAMPLE_RATE, SAMPLES_PER_FRAME
+
 ORPHEUS_JSON = "orpheus.json"
 VOICES = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")
 INLINE_TAGS = ("<laugh>", "<chuckle>", "<sigh>", "<cough>", "<sniffle>", "<groan>", "<yawn>", "<gasp>")
@@ -65,13 +67,13 @@ class ModelSpec:
     pad: int = 128263
     audio_offset: int = 128266
     codebook_size: int = 4096
-    codes_per_frame: int = 7
+    codes_per_frame: int = CODES_PER_FRAME
     stop_ids: tuple[int, ...] = (128258,)
-    # Speech.
+    # Speech. The audio format is SNAC 24 kHz's (audio.py); orpheus.json may state it, check() holds it to that.
     voices: tuple[str, ...] = VOICES
     default_voice: str = "tara"
-    sample_rate: int = 24000
-    samples_per_frame: int = 2048
+    sample_rate: int = SAMPLE_RATE
+    samples_per_frame: int = SAMPLES_PER_FRAME
     # True for `orpheus-tts make-tiny-model` output: its audio is noise (the playground says so).
     random_weights: bool = False
     shape: LlamaShape = field(default_factory=LlamaShape)
@@ -86,6 +88,9 @@ class ModelSpec:
         """One past the last audio-code id."""
         return self.audio_offset + self.audio_rows
 
+
+SNAC_24KHZ_AUDIO = {"codes_per_frame": CODES_PER_FRAME, "sample_rate": SAMPLE_RATE,
+                    "samples_per_frame": SAMPLES_PER_FRAME}  # fmt: skip
 
 # Keys of orpheus.json that override ModelSpec fields (everything but the shape).
 _OVERRIDABLE = {f.name for f in dataclasses.fields(ModelSpec)} - {"shape"}
@@ -109,6 +114,11 @@ def check(spec: ModelSpec) -> ModelSpec:
         raise ModelSpecError("stop_ids must not be empty")
     if spec.default_voice not in spec.voices:
         raise ModelSpecError(f"default_voice {spec.default_voice!r} is not one of the voices {list(spec.voices)}")
+    audio = {"codes_per_frame": spec.codes_per_frame, "sample_rate": spec.sample_rate,
+             "samples_per_frame": spec.samples_per_frame}  # fmt: skip
+    if audio != SNAC_24KHZ_AUDIO:
+        # The frame decoding (audio_codes.py) and SNAC 24 kHz make exactly this format: another would play wrong.
+        raise ModelSpecError(f"{audio} is not the only audio this runtime decodes, SNAC 24 kHz's {SNAC_24KHZ_AUDIO}")
     if spec.shape.num_heads % spec.shape.num_kv_heads:
         raise ModelSpecError("num_heads must be a multiple of num_kv_heads")
     return spec

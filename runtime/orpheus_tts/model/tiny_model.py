@@ -14,11 +14,12 @@ import pathlib
 
 import torch
 
+from orpheus_tts.audio import SAMPLE_RATE
 from orpheus_tts.model.model_spec import INLINE_TAGS, ORPHEUS_JSON, ModelSpec, spec_to_orpheus_json
 
 # The real SNAC 24 kHz config (hubertsiuzdak/snac_24khz), so decoding code sees real shapes and rates.
 SNAC_24KHZ_CONFIG = {
-    "sampling_rate": 24000,
+    "sampling_rate": SAMPLE_RATE,
     "encoder_dim": 48,
     "encoder_rates": [2, 4, 8, 8],
     "decoder_dim": 1024,
@@ -177,7 +178,7 @@ def tokenizer_config() -> dict:
 
 
 def write_snac(out: pathlib.Path, seed: int) -> None:
-    import snac
+    import snac  # type: ignore[import-untyped]
 
     out.mkdir(parents=True, exist_ok=True)
     # SNAC initialises from the global RNG: fork it so that callers' random state is left alone.

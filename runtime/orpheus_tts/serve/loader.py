@@ -1,6 +1,6 @@
 """What the server serves: the configured engine, its model spec, tokenizer and SNAC source.
 
-Two ways in (contracts.md):
+Two ways in (docs/architecture.md, "Contracts and their homes"):
 - `cfg.engine_dir`: a directory built by `orpheus-tts build-engine`. Its manifest is checked first
   (complete? built for this GPU and these tool versions?), and its `backend` picks the engine. HF files
   are in engine_dir/model/, a TensorRT engine in engine_dir/engine/, SNAC in engine_dir/snac/.
@@ -61,10 +61,9 @@ def _snac_source(root: pathlib.Path, fallback: str) -> str:
     return str(snac) if (snac / "config.json").is_file() else fallback
 
 
-def load_from_engine_dir(cfg: RuntimeConfig) -> LoadedModel:
+def load_from_engine_dir(cfg: RuntimeConfig, root: pathlib.Path) -> LoadedModel:
     from orpheus_tts.build.manifest import ManifestError, load_for_serving
 
-    root = pathlib.Path(cfg.engine_dir)
     if (root / "engine").is_dir():  # a TensorRT engine: do its libraries load here? (orpheus-tts doctor)
         from orpheus_tts.build.doctor import library_problem
 
@@ -115,6 +114,6 @@ def load_from_model(cfg: RuntimeConfig) -> LoadedModel:
 
 def load_engine(cfg: RuntimeConfig) -> LoadedModel:
     """Resolves and checks everything, constructs the engine; `await loaded.engine.start()` loads weights."""
-    loaded = load_from_engine_dir(cfg) if cfg.engine_dir else load_from_model(cfg)
+    loaded = load_from_engine_dir(cfg, pathlib.Path(cfg.engine_dir)) if cfg.engine_dir else load_from_model(cfg)
     log.info("serving %s", loaded.description)
     return loaded

@@ -1,4 +1,5 @@
-"""What `POST /v1/audio/speech` needs to answer the way OpenAI's SDK expects: voice names and audio formats.
+"""What `POST /v1/audio/speech` needs to answer the way OpenAI's SDK expects: its request body, voice names and audio
+formats.
 
 The compressed formats are encoded with FFmpeg's encoders through PyAV, chunk by chunk as the PCM arrives, so
 a client hears the first audio as soon as the encoder has a frame's worth (mp3: 576 samples = 24 ms; opus:
@@ -8,11 +9,13 @@ a client hears the first audio as soon as the encoder has a frame's worth (mp3: 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import numpy as np
 
-from orpheus_tts.speech.wav import SAMPLE_RATE
+from orpheus_tts.audio import SAMPLE_RATE
+from orpheus_tts.protocol import Problem, sampling_fields, show
 
 # OpenAI's voices -> Orpheus voices, chosen by register (OpenAI's descriptions of its voices): an SDK user's
 # `voice="alloy"` gets a voice rather than a 400. A model whose own voices include one of these names keeps it.
@@ -54,7 +57,7 @@ FORMATS: dict[str, AudioFormat] = {
 }
 
 
-def resolve_voice(voice: str | None, voices: tuple[str, ...], default: str) -> str | None:
+def resolve_voice(voice: str | None, voices: tuple[str, ...], default: str) -> str:
     """The model's voice for a request's `voice` (None: the default); an unknown name is returned as is (the
     synthesizer refuses it with `unknown_voice`)."""
     if voice is None:
@@ -88,10 +91,13 @@ class StreamEncoder:
         self._sink = _Sink()
         options = {"flush_packets": "1", **dict(fmt.options)}
         self._container = av.open(self._sink, mode="w", format=fmt.container, container_options=options)
-        self._stream = self._container.add_stream(fmt.codec, rate=SAMPLE_RATE, layout="mono")
-        ctx = self._stream.codec_context
+        stream = self._container.add_stream(fmt.codec, rate=SAMPLE_RATE, layout="mono")
+        assert isinstance(stream, av.AudioStream)  # an audio codec's stream (for the type checker)
+        self._stream = stream
+        ctx = stream.codec_context
         # Each encoder takes its own sample format and (most) a fixed number of samples per frame.
-        sample_format = "s16" if "s16" in [f.name for f in ctx.codec.audio_formats] else ctx.codec.audio_formats[0].name
+        formats = [f.name for f in ctx.codec.audio_formats or ()]
+        sample_format = "s16" if "s16" in formats else formats[0]
         self._resampler = av.AudioResampler(format=sample_format, layout="mono", rate=SAMPLE_RATE,
                                             frame_size=ctx.frame_size or None)  # fmt: skip
         self._samples = 0
@@ -119,3 +125,24 @@ class StreamEncoder:
         for frame in frames:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
+
+
+def parse_speech_body(body: Any) -> tuple[str, str | None, str, dict[str, Any]] | Problem:
+    """OpenAI's /v1/audio/speech body -> (text, voice, format, sampling) or the problem with it."""
+    if not isinstance(body, dict):
+        return Problem("invalid_request", "body must be a JSON object")
+    text, voice = body.get("input"), body.get("voice")
+    if not isinstance(text, str):
+        return Problem("invalid_request", '"input" must be a string')
+    if voice is not None and not isinstance(voice, str):
+        return Problem("invalid_request", '"voice" must be a string')
+    fmt = body.get("response_format", DEFAULT_FORMAT)
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        return Problem("unsupported_format", f"response_format {show(fmt)} is not supported: use one of "
+                                             f"{', '.join(FORMATS)}")  # fmt: skip
+    speed = body.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or speed != 1.0:
+        return Problem("unsupported_speed", "only speed 1.0 is supported (Orpheus speaks at its own pace)")
+    if body.get("stream_format", "audio") != "audio":
+        return Problem("unsupported_stream_format", "only stream_format 'audio' is supported")
+    return text, voice, fmt, sampling_fields(body)

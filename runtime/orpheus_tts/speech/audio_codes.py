@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-Frame = tuple[int, int, int, int, int, int, int]
+from orpheus_tts.audio import CODES_PER_FRAME
 
-CODES_PER_FRAME = 7
+Frame = tuple[int, int, int, int, int, int, int]  # CODES_PER_FRAME codes
 
 
 @dataclass

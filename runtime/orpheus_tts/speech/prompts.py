@@ -28,13 +28,14 @@ class PromptError(ValueError):
 
 
 class _Encoding(Protocol):
-    ids: list[int]
+    @property
+    def ids(self) -> list[int]: ...
 
 
 class Tokenizer(Protocol):
     """The part of `tokenizers.Tokenizer` we use."""
 
-    def encode(self, text: str, add_special_tokens: bool = ...) -> _Encoding: ...
+    def encode(self, sequence: str, /, *, add_special_tokens: bool = ...) -> _Encoding: ...
 
 
 _TAG = re.compile("(" + "|".join(re.escape(t) for t in INLINE_TAGS) + ")", re.IGNORECASE)

@@ -12,11 +12,12 @@ from typing import cast
 
 import torch
 
+from orpheus_tts.audio import SAMPLES_PER_FRAME
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.devices import pick_device
 from orpheus_tts.engine.cuda_graphs import GraphSet, batch_buckets, bucket_for
 from orpheus_tts.speech.audio_codes import Frame, snac_codes
-from orpheus_tts.speech.windows import SAMPLES_PER_FRAME, WINDOW_FRAMES, Window
+from orpheus_tts.speech.windows import WINDOW_FRAMES, Window
 
 log = logging.getLogger(__name__)
 

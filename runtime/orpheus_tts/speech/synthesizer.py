@@ -18,39 +18,32 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine.interface import Engine, EngineError, GenerationRequest, SamplingParams
 from orpheus_tts.model.model_spec import ModelSpec
+from orpheus_tts.protocol import INTEGER_SAMPLING_FIELDS, SAMPLING_FIELDS
 from orpheus_tts.serve.metrics import Metrics
 from orpheus_tts.speech.audio_codes import FrameAssembler
 from orpheus_tts.speech.prompts import PromptError, Tokenizer, build_prompts
 from orpheus_tts.speech.snac_batcher import SnacBatcher
-from orpheus_tts.speech.windows import MAX_EMIT, SAMPLE_RATE, SAMPLES_PER_FRAME, StreamWindows, Window
-
-SAMPLING_FIELDS = ("temperature", "top_p", "repetition_penalty", "max_tokens", "min_tokens", "seed")
-FRAMES_PER_S = SAMPLE_RATE / SAMPLES_PER_FRAME
-# Frames a window waits for at least once audio is playing. 1 would send a frame the moment the listener's
-# buffer runs dry, at 4x the SNAC work per frame: under overload, when every buffer is dry, that extra work
-# is what tips the GPU over (measured: docs/benchmarks.md).
-PLAYING_MIN_EMIT = 2
+from orpheus_tts.speech.windows import (  # noqa: F401  (FRAMES_PER_S, MAX_EMIT, PLAYING_MIN_EMIT: tests)
+    FRAMES_PER_S,
+    MAX_EMIT,
+    PLAYING_MIN_EMIT,
+    StreamWindows,
+    Window,
+    listener_deadline,
+    plan_emit,
+)
 
 
 def min_emit(buffered: float | None) -> int:
-    """Frames a window waits for, given the audio (seconds) the listener has left to play (None: no audio
-    sent yet).
-
-    A window emitting k frames decodes k + 3 (its context): one frame at a time is 4x the SNAC work per
-    frame, 4 at a time 1.75x. Waiting for k frames is safe while the listener has k frames left (the
-    engine makes frames at least as fast as real time when the GPU is not overloaded), so a window waits
-    for as many as the buffer covers, between PLAYING_MIN_EMIT and MAX_EMIT. First audio goes out as soon
-    as one frame can be decoded."""
-    if buffered is None:
-        return 1
-    return max(PLAYING_MIN_EMIT, min(MAX_EMIT, int(buffered * FRAMES_PER_S)))
+    """Frames a window waits for under the default emit policy (windows.plan_emit)."""
+    return plan_emit(buffered).min_emit
 
 
 def buffered_s(emitted_frames: int, first_audio_at: float | None) -> float | None:
@@ -79,7 +72,7 @@ def sampling_params(cfg: RuntimeConfig, overrides: Mapping[str, Any]) -> Samplin
         value = overrides.get(name)
         if value is None:
             continue
-        integral = name in ("max_tokens", "min_tokens", "seed")
+        integral = name in INTEGER_SAMPLING_FIELDS
         ok = isinstance(value, int) if integral else isinstance(value, (int, float))
         if not ok or isinstance(value, bool):
             raise SynthesisError(f"{name} must be {'an integer' if integral else 'a number'}", "invalid_params")
@@ -118,7 +111,7 @@ class Synthesizer:
         except PromptError as e:
             raise SynthesisError(str(e), e.code) from None
 
-    async def stream(self, prompts: list[list[int]], params: SamplingParams) -> AsyncIterator[bytes]:
+    async def stream(self, prompts: list[list[int]], params: SamplingParams) -> AsyncGenerator[bytes, None]:
         """PCM chunks of the whole utterance, in order. Raises SynthesisError if generation or decoding fails."""
         start = time.monotonic()
         utt = Utterance(StreamWindows(), asyncio.Event(), start)
@@ -131,20 +124,20 @@ class Synthesizer:
                 if finished and generator.exception() is not None:
                     raise generator.exception()  # type: ignore[misc]
                 buffered = buffered_s(utt.windows.emitted, first_audio_at)
-                wait_for = min_emit(buffered)
-                window = utt.windows.next_window(final=finished, min_emit=wait_for)
+                plan = plan_emit(buffered, self.cfg.emit_policy)
+                window = utt.windows.next_window(final=finished, min_emit=plan.min_emit)
                 if window is None:
                     if finished:
                         break
                     # A new frame wakes us, or the buffer shrinking to where fewer frames must go out.
-                    timeout = None
-                    if buffered is not None and wait_for > PLAYING_MIN_EMIT:
-                        timeout = buffered - (wait_for - 1) / FRAMES_PER_S
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(utt.wake.wait(), timeout)
+                        await asyncio.wait_for(utt.wake.wait(), plan.recheck_s)
                     continue
+                # The listener runs dry once the frames sent before this window have played.
+                sent_before = utt.windows.emitted - (window.keep_to - window.keep_from)
+                deadline = listener_deadline(first_audio_at, sent_before, time.monotonic())
                 try:
-                    pcm = await self.batcher.decode(window)
+                    pcm = await self.batcher.decode(window, deadline)
                 except Exception as e:
                     raise SynthesisError(f"audio decoding failed: {e}", "decoder") from e
                 if first_audio_at is None:

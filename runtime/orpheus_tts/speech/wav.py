@@ -1,13 +1,13 @@
-"""24 kHz mono 16-bit PCM WAV: the server's streamed header and the client's files."""
+"""WAV files of the runtime's audio format (audio.py: 24 kHz mono 16-bit PCM): the server's header and the client's
+files."""
 
 from __future__ import annotations
 
 import pathlib
 import struct
 
-SAMPLE_RATE = 24000
-CHANNELS = 1
-SAMPLE_WIDTH = 2  # bytes: s16le
+from orpheus_tts.audio import CHANNELS, SAMPLE_RATE, SAMPLE_WIDTH
+
 _UNKNOWN = 0xFFFFFFFF  # RIFF/data sizes of a stream whose length is not known yet (what ffmpeg writes)
 
 

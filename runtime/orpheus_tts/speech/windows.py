@@ -25,10 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orpheus_tts.audio import FRAMES_PER_S
 from orpheus_tts.speech.audio_codes import Frame
 
-SAMPLE_RATE = 24000
-SAMPLES_PER_FRAME = 2048
 LEFT_CONTEXT = 2
 RIGHT_CONTEXT = 1
 # Frames emitted per window at most: bigger windows cost fewer decode frames per audio frame
@@ -85,3 +84,59 @@ class StreamWindows:
             del self._frames[:drop]
             self._base += drop
         return window
+
+
+# -- when a window goes out: the emit policy (issue #17) ----------------------------------------------
+
+# Frames a window waits for at least once audio is playing (policy "frames"). 1 would send a frame the
+# moment the listener's buffer runs dry, at 4x the SNAC work per frame: under overload, when every buffer
+# is dry, that extra work is what tips the GPU over (measured: docs/benchmarks.md).
+PLAYING_MIN_EMIT = 2
+# Policy "paced": the audio a listener should still hold when its next window is handed to SNAC: one SNAC
+# call under load (10-20 ms on the H200 at batch 64-128) plus the event loop and the network.
+PACING_MARGIN_S = 0.06
+EMIT_POLICIES = ("frames", "paced")
+
+
+@dataclass(frozen=True)
+class EmitPlan:
+    """How many frames the next window waits for, and when to look again even if no frame arrives (the
+    listener's buffer shrinks with time, so the answer changes): seconds from now, None for never."""
+
+    min_emit: int
+    recheck_s: float | None
+
+
+def plan_emit(buffered: float | None, policy: str = "frames") -> EmitPlan:
+    """The emit plan for a stream whose listener has `buffered` seconds of audio left (None: no audio sent).
+
+    A window emitting k frames decodes k + 3 (its context): one frame at a time is 4x the SNAC work per
+    frame, 4 at a time 1.75x. First audio goes out as soon as one frame can be decoded (both policies).
+    - "frames" (default): wait for as many frames as the buffer covers, between PLAYING_MIN_EMIT and
+      MAX_EMIT; never fewer than 2 once audio plays, so a listener whose buffer is below 2 frames waits
+      for the second one (a gap at 0 ms of jitter buffer when generation is slower than that).
+    - "paced": the same, counted on the buffer beyond PACING_MARGIN_S, and once the buffer is down to the
+      margin, whatever frame there is goes out: the emission is paced by the listener's buffer, not by a
+      frame count. Costs SNAC work exactly when streams are behind (1-frame windows)."""
+    if buffered is None:
+        return EmitPlan(1, None)
+    if policy == "frames":
+        k = max(PLAYING_MIN_EMIT, min(MAX_EMIT, int(buffered * FRAMES_PER_S)))
+        return EmitPlan(k, buffered - (k - 1) / FRAMES_PER_S if k > PLAYING_MIN_EMIT else None)
+    if policy != "paced":
+        raise ValueError(f"emit policy must be one of {', '.join(EMIT_POLICIES)}, not {policy!r}")
+    spare = buffered - PACING_MARGIN_S
+    if spare <= 0:
+        return EmitPlan(1, None)
+    k = max(PLAYING_MIN_EMIT, min(MAX_EMIT, int(spare * FRAMES_PER_S)))
+    # Look again when the buffer covers one frame fewer, and at the latest when it reaches the margin.
+    return EmitPlan(k, spare - (k - 1) / FRAMES_PER_S if k > PLAYING_MIN_EMIT else spare)
+
+
+def listener_deadline(first_audio_at: float | None, emitted_frames: int, now: float) -> float:
+    """When the listener's buffer runs dry (time.monotonic() seconds), assuming playback from the first
+    byte; `now` before the first byte (a stream's first audio is due at once). The SNAC batcher's
+    "deadline" order sorts windows by it."""
+    if first_audio_at is None:
+        return now
+    return first_audio_at + emitted_frames / FRAMES_PER_S

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from orpheus_tts.speech.wav import SAMPLE_RATE
+from orpheus_tts.audio import BYTES_PER_S, pcm_seconds
 from orpheus_tts.tools import client
 from orpheus_tts.tools.client import (
     DEFAULT_URL,
@@ -33,7 +33,6 @@ from orpheus_tts.tools.client import (
     utterance_chunks,
 )
 
-BYTES_PER_SECOND = SAMPLE_RATE * 2
 JITTER_BUFFER_S = 0.1  # a player that starts 100 ms after the first byte (the benchmark rule of issue #17)
 
 
@@ -60,7 +59,7 @@ def playback(arrivals: list[tuple[float, int]], delay_s: float = 0.0) -> tuple[i
             underruns += 1
             stall += t - play_end
         start = t + delay_s if play_end is None else max(t, play_end)
-        play_end = start + size / BYTES_PER_SECOND
+        play_end = start + size / BYTES_PER_S
     return underruns, stall
 
 
@@ -139,7 +138,7 @@ async def run_stream(session: aiohttp.ClientSession, url: str, index: int, messa
     except (TtsError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
         result.error = f"{type(e).__name__}: {e}"
     result.total_s = time.monotonic() - start
-    result.audio_s = sum(size for _, size in arrivals) / BYTES_PER_SECOND
+    result.audio_s = pcm_seconds(sum(size for _, size in arrivals))
     if arrivals:
         result.first_audio_s = arrivals[0][0] - start
         result.underruns, result.stall_s = playback(arrivals)

@@ -16,11 +16,12 @@ from typing import Any
 
 import aiohttp
 
+from orpheus_tts.audio import pcm_seconds
 from orpheus_tts.config import client_api_key
-from orpheus_tts.speech.wav import SAMPLE_RATE, write_wav
+from orpheus_tts.protocol import END_OF_UTTERANCE, INTEGER_SAMPLING_FIELDS, SAMPLING_FIELDS, WS_PATH
+from orpheus_tts.speech.wav import write_wav
 
-DEFAULT_URL = "ws://127.0.0.1:8000/ws/tts"
-END_OF_UTTERANCE = b"__END__"
+DEFAULT_URL = f"ws://127.0.0.1:8000{WS_PATH}"
 
 
 class TtsError(RuntimeError):
@@ -44,7 +45,7 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 
 
 async def utterance_chunks(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[bytes]:
-    """The PCM chunks of the next answer on the socket, up to b"__END__"; raises TtsError on an error."""
+    """The PCM chunks of the next answer on the socket, up to the end marker; raises TtsError on an error."""
     while True:
         msg = await ws.receive()
         if msg.type == aiohttp.WSMsgType.BINARY:
@@ -68,7 +69,7 @@ class Synthesis:
 
     @property
     def audio_s(self) -> float:
-        return len(self.pcm) / 2 / SAMPLE_RATE
+        return pcm_seconds(len(self.pcm))
 
 
 async def synthesize(url: str, message: dict[str, Any], api_key: str | None = None,
@@ -89,19 +90,18 @@ async def synthesize(url: str, message: dict[str, Any], api_key: str | None = No
 
 
 def sampling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--repetition-penalty", type=float)
-    parser.add_argument("--max-tokens", type=int, help="per sentence chunk")
-    parser.add_argument("--min-tokens", type=int)
-    parser.add_argument("--seed", type=int)
+    """--temperature, --top-p, ...: one flag per sampling field of the protocol (unset: the server's default)."""
+    for name in SAMPLING_FIELDS:
+        per_chunk = name in ("max_tokens", "min_tokens")
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int if name in INTEGER_SAMPLING_FIELDS else float,
+                            help="per sentence chunk" if per_chunk else None)  # fmt: skip
 
 
 def build_message(text: str, voice: str | None, args: argparse.Namespace) -> dict[str, Any]:
     message: dict[str, Any] = {"text": text}
     if voice:
         message["voice"] = voice
-    for name in ("temperature", "top_p", "repetition_penalty", "max_tokens", "min_tokens", "seed"):
+    for name in SAMPLING_FIELDS:
         if getattr(args, name, None) is not None:
             message[name] = getattr(args, name)
     return message

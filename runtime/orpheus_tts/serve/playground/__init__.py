@@ -3,7 +3,8 @@
 
 No build step: the files are plain HTML, CSS and one ES module, read once at startup. The page speaks the
 public WebSocket protocol (/ws/tts) like any other client; with an API key it authenticates through the
-`base64url.bearer.orpheus-tts.<key>` subprotocol (server.py), so the key is in no URL and no log.
+`base64url.bearer.orpheus-tts.<key>` subprotocol (protocol.py, checked in serve/ws.py), so the key is in no URL
+and no log.
 """
 
 from __future__ import annotations

@@ -2,6 +2,18 @@
 // as it arrives through scheduled AudioBufferSourceNodes behind a small jitter buffer.
 // The protocol's constants (path, subprotocols, end marker, sample rate) come from /playground/info.json.
 
+// The rest of what the page needs from runtime/orpheus_tts/protocol.py, copied (the page cannot import Python;
+// tests/runtime/test_protocol.py checks that this JSON equals protocol.py's values).
+const PROTOCOL = {
+  "close": { "OK": 1000, "GOING_AWAY": 1001, "POLICY_VIOLATION": 1008, "MESSAGE_TOO_BIG": 1009, "INTERNAL_ERROR": 1011, "TRY_AGAIN_LATER": 1013 },
+  "retry_reasons": ["busy", "loading", "draining"],
+  "unauthorized_prefix": "unauthorized",
+  "sampling_fields": ["temperature", "top_p", "repetition_penalty", "max_tokens", "min_tokens", "seed"],
+  "integer_sampling_fields": ["max_tokens", "min_tokens", "seed"]
+}; // end PROTOCOL
+const CLOSE = PROTOCOL.close;
+const CLOSE_ABNORMAL = 1006; // the browser's own code for a connection that ended without a close frame
+
 const JITTER_S = 0.15; // audio buffered before playback starts, and again after an underrun
 const $ = (id) => document.getElementById(id);
 
@@ -51,11 +63,10 @@ function applyInfo() {
 
 function readRequest() {
   const req = { text: $("text").value, voice: $("voice").value.trim() || info.default_voice };
-  for (const name of ["temperature", "top_p", "repetition_penalty"]) {
-    if ($(name).value !== "") req[name] = Number($(name).value);
-  }
-  for (const name of ["max_tokens", "min_tokens", "seed"]) {
-    if ($(name).value !== "") req[name] = Math.trunc(Number($(name).value));
+  for (const name of PROTOCOL.sampling_fields) {
+    if ($(name).value === "") continue;
+    const value = Number($(name).value);
+    req[name] = PROTOCOL.integer_sampling_fields.includes(name) ? Math.trunc(value) : value;
   }
   return req;
 }
@@ -234,7 +245,7 @@ function endUtterance(u, result) {
   if (u.done) return;
   u.done = true;
   u.result = result;
-  u.ws.close(1000, "done");
+  u.ws.close(CLOSE.OK, "done");
   record(u);
   if (result === "complete") offerDownload(u);
   if (u.sources.size === 0 || u.silenced) finishPlayback(u);
@@ -278,13 +289,13 @@ function onClose(u, ev) {
 
 // Close codes (README, "WebSocket protocol") in words a person can act on.
 function closeMessage(code, reason, lastError) {
-  if (code === 1008 && reason.startsWith("unauthorized")) {
+  if (code === CLOSE.POLICY_VIOLATION && reason.startsWith(PROTOCOL.unauthorized_prefix)) {
     return "The server refused the API key: enter the key it was started with (ORPHEUS_API_KEY).";
   }
-  if (code === 1008 && reason.startsWith("unknown voice")) {
+  if (code === CLOSE.POLICY_VIOLATION && reason.startsWith("unknown voice")) {
     return `Unknown voice “${$("voice").value}”: ${reason.replace(/^unknown voice '[^']*'; /, "")}.`;
   }
-  if (code === 1013) {
+  if (code === CLOSE.TRY_AGAIN_LATER) {
     const why = {
       busy: "The server is busy: all its streams are in use. Try again in a moment.",
       loading: "The server is still loading its model. Try again in a moment.",
@@ -292,10 +303,10 @@ function closeMessage(code, reason, lastError) {
     };
     return why[reason] || `The server asked to retry later (${reason || "no reason given"}).`;
   }
-  if (code === 1009) return "The request was too large for the server: shorten the text.";
-  if (code === 1011) return `The server failed while speaking: ${lastError ? lastError.message : reason || "internal error"}.`;
-  if (code === 1001) return "The server is shutting down: try again in a moment.";
-  if (code === 1006) return "The connection to the server failed or dropped (is the server running?).";
+  if (code === CLOSE.MESSAGE_TOO_BIG) return "The request was too large for the server: shorten the text.";
+  if (code === CLOSE.INTERNAL_ERROR) return `The server failed while speaking: ${lastError ? lastError.message : reason || "internal error"}.`;
+  if (code === CLOSE.GOING_AWAY) return "The server is shutting down: try again in a moment.";
+  if (code === CLOSE_ABNORMAL) return "The connection to the server failed or dropped (is the server running?).";
   return `The server closed the connection (code ${code}${reason ? `: ${reason}` : ""}).`;
 }
 

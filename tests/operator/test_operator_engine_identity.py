@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from crd_schema import defaulted_spec
 
-from orpheus_operator import hashing
+from orpheus_operator import engine_identity
 from orpheus_operator.config import OperatorConfig
 
 CFG = OperatorConfig(runtime_image="runtime:1")
 
 
 def engine_hash(spec: dict, cfg: OperatorConfig = CFG) -> str:
-    return hashing.engine_hash(hashing.build_spec(defaulted_spec(spec), cfg))
+    return engine_identity.engine_hash(engine_identity.build_spec(defaulted_spec(spec), cfg))
 
 
 BASE = engine_hash({})
@@ -61,9 +61,9 @@ def test_runtime_only_changes_keep_the_engine(change: dict) -> None:
 def test_runtime_image_is_runtime_only_with_a_separate_build_image() -> None:
     cfg = OperatorConfig(runtime_image="runtime:1", build_image="builder:1")
     assert engine_hash({"runtime": {"image": "runtime:2"}}, cfg) == engine_hash({}, cfg)
-    assert hashing.image_follows_engine(defaulted_spec({}), CFG)
-    assert not hashing.image_follows_engine(defaulted_spec({}), cfg)
+    assert engine_identity.image_follows_engine(defaulted_spec({}), CFG)
+    assert not engine_identity.image_follows_engine(defaulted_spec({}), cfg)
 
 
 def test_hash_is_stable_and_short() -> None:
-    assert engine_hash({}) == BASE and len(BASE) == hashing.HASH_LENGTH and int(BASE, 16) >= 0
+    assert engine_hash({}) == BASE and len(BASE) == engine_identity.HASH_LENGTH and int(BASE, 16) >= 0

@@ -1,4 +1,5 @@
-"""The build-relevant part of a spec, and its hash: a new hash means a new engine (new Job, new directory).
+"""What forces a rebuild: an engine's identity is the build-relevant part of a spec (`build_spec`) and its hash
+(`engine_hash`). A new hash means a new engine (a new build Job, a new directory on the engines volume).
 
 Everything else in the spec is runtime-only and is patched into the Deployment without a rebuild.
 """
