@@ -366,9 +366,25 @@ def runtime_env(spec: dict[str, Any], build: dict[str, Any], engine_hash: str) -
     ]
     if runtime.get("apiKeySecretRef"):
         env.append(_secret_env("ORPHEUS_API_KEY", runtime["apiKeySecretRef"]))
+    env += readiness(runtime)[1]
     # The user's env wins by name (a duplicate name would be rejected by server-side apply).
     extra = {item["name"]: item for item in runtime.get("env") or []}
     return [item for item in env if item["name"] not in extra] + [copy.deepcopy(v) for v in extra.values()]
+
+
+def readiness(runtime: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The server's readiness probe and the env that goes with it (docs/deploy.md, load-aware routing).
+
+    Without runtime.loadAwareReadiness (the default), /readyz changes only at load and drain: two misses in a row.
+    With it, a full pod answers 503 "full" until 10% of its places are free (the server's hysteresis keeps that
+    from flapping, runtime/orpheus_tts/serve/readiness.py), so the probe runs every 2 s and acts on the first
+    answer: a full pod leaves the endpoints within about 2 s plus their propagation, not 10 s. Nothing is added
+    when it is off, so that existing Deployments are not rolled by an operator upgrade."""
+    probe: dict[str, Any] = {"httpGet": {"port": "http", "path": "/readyz"}, "timeoutSeconds": 3}
+    if not runtime.get("loadAwareReadiness"):
+        return {**probe, "periodSeconds": 5, "failureThreshold": 2}, []
+    probe = {**probe, "periodSeconds": 2, "failureThreshold": 1, "successThreshold": 1}
+    return probe, [{"name": "ORPHEUS_LOAD_AWARE_READINESS", "value": "1"}]
 
 
 def desired_replicas(spec: dict[str, Any], deployment: dict[str, Any] | None) -> tuple[int | None, str | None]:
@@ -417,12 +433,7 @@ def render_deployment(
         "volumeMounts": _engine_mounts(read_only=True),
         # Loading an engine takes minutes on first start; liveness only begins after /healthz answered.
         "startupProbe": {"httpGet": {**http, "path": "/healthz"}, "periodSeconds": 10, "failureThreshold": 90},
-        "readinessProbe": {
-            "httpGet": {**http, "path": "/readyz"},
-            "periodSeconds": 5,
-            "timeoutSeconds": 3,
-            "failureThreshold": 2,
-        },
+        "readinessProbe": readiness(runtime)[0],
         "livenessProbe": {
             "httpGet": {**http, "path": "/healthz"},
             "periodSeconds": 10,

@@ -77,8 +77,8 @@ class RuntimeConfig:
     # that idle sockets cannot hold stream places. 0: never.
     ws_idle_timeout_s: float = 20.0
     # issue #12: /readyz 503 "full" at the stream limit, 200 again 10% below it (readiness.py). Off by default:
-    # when every pod is full, none is ready and the Service has no endpoint, so new clients get a proxy error
-    # instead of a clean 1013 / 503 from a server.
+    # a full pod would count as unhealthy to PodDisruptionBudgets, rollouts and alerts, and when every pod is
+    # full the Service has no endpoint (a proxy error instead of a clean 1013 / 503); docs/deploy.md says more.
     load_aware_readiness: bool = False
     ws_ping_interval_s: float = 10.0  # a peer that does not answer a ping within half of this is dropped
     max_pending: int = 32  # messages queued per socket (utterances and errors alike); more: error and close 1008

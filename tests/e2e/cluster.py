@@ -77,6 +77,7 @@ API_SERVICE_IP = "10.203.0.1"  # the `kubernetes` Service: the first address of 
 CLUSTER_RANGES = (NODE_CIDR, POD_CIDR, SERVICE_CIDR)
 API_PORT = 6443
 GATEWAY_PORT = 80  # Traefik's `web` entrypoint on NODE_IP: Ingress and Gateway API listeners
+TRAEFIK_ADMIN = "127.0.0.1:18082"  # Traefik's `traefik` entrypoint on loopback: /ping and the (read-only) /api
 # A route the CNI bridge's own (metric 0) route for POD_CIDR overrides once it exists.
 GUARD_ROUTE_METRIC = 4000
 
@@ -726,17 +727,29 @@ disabled_plugins = ["io.containerd.tracing.processor.v1.otlp", "io.containerd.in
         k8s = {"endpoint": self.server, "token": str(self.workdir / "traefik.token"), "certAuthFilePath": str(ca)}
         traefik = {
             "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
-            "entryPoints": {"web": {"address": f"{NODE_IP}:{GATEWAY_PORT}"}, "traefik": {"address": "127.0.0.1:18082"}},
+            "entryPoints": {
+                # readTimeout 0: Traefik v3 otherwise ends every request, WebSockets included, after 60 s
+                # (docs/deploy.md, the Traefik preset).
+                "web": {
+                    "address": f"{NODE_IP}:{GATEWAY_PORT}",
+                    "transport": {"respondingTimeouts": {"readTimeout": 0}},
+                },
+                "traefik": {"address": TRAEFIK_ADMIN},
+            },
             "ping": {"entryPoint": "traefik"},
+            # The API on the loopback `traefik` entrypoint: the spill-over test reads which pods Traefik routes to.
+            "api": {"insecure": True, "dashboard": False},
             "log": {"level": "INFO"},
-            "providers": {"kubernetesIngress": dict(k8s), "kubernetesGateway": dict(k8s)},
+            # allowEmptyServices: while no pod of a Service is ready (with load-aware readiness: all are full),
+            # answer 503 rather than drop the route and answer 404 (docs/deploy.md, load-aware routing).
+            "providers": {"kubernetesIngress": {**k8s, "allowEmptyServices": True}, "kubernetesGateway": dict(k8s)},
         }
         write_yaml(self.workdir / "traefik.yaml", traefik)
         self._spawn(state, "traefik", [f"--configfile={self.workdir / 'traefik.yaml'}"])
 
         def dns_and_gateway_ready() -> bool:
             with urllib.request.urlopen("http://127.0.0.1:18181/ready", timeout=2) as r1:
-                with urllib.request.urlopen("http://127.0.0.1:18082/ping", timeout=2) as r2:
+                with urllib.request.urlopen(f"http://{TRAEFIK_ADMIN}/ping", timeout=2) as r2:
                     return r1.status == 200 and r2.status == 200
 
         self._wait(state, "CoreDNS and Traefik", dns_and_gateway_ready, timeout)

@@ -15,6 +15,8 @@ import os
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import wave
 from collections.abc import Iterator
@@ -24,7 +26,9 @@ import pytest
 import yaml
 from k8s.control_plane import run_helm
 
-from e2e.cluster import NODE_IP, REPO, Cluster
+from e2e import spillover
+from e2e.cluster import NODE_IP, REPO, TRAEFIK_ADMIN, Cluster
+from orpheus_operator.crd import HTTP_PORT
 
 NAMESPACE = "orpheus-tts"
 RELEASE = "orpheus-tts-operator"
@@ -471,6 +475,75 @@ def test_operator_killed_mid_build_converges(cluster: Cluster, two_replicas: Non
     )
     jobs = json.loads(cluster.kubectl("-n", NAMESPACE, "get", "jobs", "-o", "json").stdout)["items"]
     assert all(j["status"].get("failed", 0) == 0 for j in jobs), [j["status"] for j in jobs]
+
+
+# ---- load-aware readiness: spill-over through the gateway (issue #12) ---------------------------------------------
+
+SPILL_STREAMS_PER_POD = 5  # capacity 15: 90% is 14 clients (93%), 120% is 18 (3 too many)
+
+
+def readyz(ip: str) -> tuple[int, dict]:
+    """A pod's own /readyz, straight to its IP from the node: (status, body); "full" answers 503 with a body."""
+    try:
+        with urllib.request.urlopen(f"http://{ip}:{HTTP_PORT}/readyz", timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, json.loads(e.read() or b"{}")
+
+
+def traefik_backends() -> set[str]:
+    """The pod IPs Traefik routes the Ingress's Service to now (its API, on the loopback admin entrypoint)."""
+    with urllib.request.urlopen(f"http://{TRAEFIK_ADMIN}/api/http/services?per_page=1000", timeout=10) as r:
+        services = json.loads(r.read())
+    ours = [s for s in services if s["name"] == f"{NAMESPACE}-{NAME}-http@kubernetes"]  # <namespace>-<svc>-<port>
+    servers = [srv["url"] for s in ours for srv in (s.get("loadBalancer") or {}).get("servers") or []]
+    return {urllib.parse.urlsplit(url).hostname for url in servers}
+
+
+def test_spill_over_by_readiness_through_the_gateway(cluster: Cluster, ready: list[str]) -> None:
+    """Issue #12 on the real node: 3 runtime pods with spec.runtime.loadAwareReadiness and 5 stream places each,
+    behind their Service and Traefik, and real `websockets` clients of the gateway. The scenario (fill; departures
+    that leave one pod full; demand to 90%, then 120% of the capacity; everyone admitted speaks again) and why its
+    timing is deterministic are in spillover.py: each client arrives once the previous one was answered and Traefik
+    routes to exactly the pods whose /readyz is 200 (kubelet probe every 2 s, one miss, then EndpointSlice and
+    Traefik's watch); the longest such wait is printed. Idle sockets hold their places (the idle timeout is off),
+    and each utterance is 28 tokens (4 frames), so the whole ramp costs little CPU."""
+    spill = {
+        "replicas": 3,
+        "loadAwareReadiness": True,
+        "env": [
+            {"name": "ORPHEUS_MAX_STREAMS", "value": str(SPILL_STREAMS_PER_POD)},
+            {"name": "ORPHEUS_WS_IDLE_TIMEOUT_S", "value": "0"},  # a held socket keeps its place between utterances
+        ],
+    }
+    patch_otts(cluster, {"runtime": spill})
+
+    def rolled() -> bool:
+        pods = runtime_pods(cluster)
+        env = [{e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]} for p in pods]
+        return settled(cluster, 3) and all(
+            e.get("ORPHEUS_LOAD_AWARE_READINESS") == "1" and e.get("ORPHEUS_MAX_STREAMS") == str(SPILL_STREAMS_PER_POD)
+            for e in env
+        )
+
+    wait_until(rolled, READY_TIMEOUT_S, "3 pods with load-aware readiness")
+    pods = {p["metadata"]["name"]: p["status"]["podIP"] for p in runtime_pods(cluster)}
+    probe = runtime_pods(cluster)[0]["spec"]["containers"][0]["readinessProbe"]
+    assert (probe["periodSeconds"], probe["failureThreshold"]) == (2, 1), probe
+
+    def loads() -> dict[str, int]:
+        return {name: readyz(ip)[1]["active_streams"] for name, ip in pods.items()}
+
+    def routed_as_ready() -> bool:
+        return traefik_backends() == {ip for ip in pods.values() if readyz(ip)[0] == 200}
+
+    fleet = spillover.Fleet(spillover.Gateway(HOST, NODE_IP, 80), loads, routed_as_ready)
+    ramp = asyncio.run(spillover.run(fleet, SPILL_STREAMS_PER_POD, settle_timeout=60))
+    print(ramp.summary())
+    assert spillover.problems(ramp) == [], ramp.summary()
+    # Every place freed: the pods are ready again and Traefik routes to all three.
+    wait_until(lambda: sum(loads().values()) == 0 and traefik_backends() == set(pods.values()), 60, "all pods ready")
 
 
 def test_build_job_that_cannot_start_shows_the_reason(cluster: Cluster, installed: None) -> None:

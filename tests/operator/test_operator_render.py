@@ -169,6 +169,30 @@ def test_playground_can_be_switched_off() -> None:
     assert env_of(c)["ORPHEUS_PLAYGROUND"] == "0"
 
 
+def test_load_aware_readiness_is_off_by_default_and_a_field_turns_it_on() -> None:
+    """docs/deploy.md (load-aware routing) says why it is off by default; off adds nothing to the pod."""
+    body = make_body()
+    build, h = build_of(body)
+    (c,) = render.render_deployment(body, CFG, build, h)["spec"]["template"]["spec"]["containers"]
+    assert "ORPHEUS_LOAD_AWARE_READINESS" not in env_of(c)
+    assert c["readinessProbe"] == {
+        "httpGet": {"port": "http", "path": "/readyz"},
+        "periodSeconds": 5,
+        "timeoutSeconds": 3,
+        "failureThreshold": 2,
+    }
+
+    body = make_body({"runtime": {"loadAwareReadiness": True}})
+    build, h2 = build_of(body)
+    assert h2 == h  # a runtime-only change: the pods roll, nothing is rebuilt
+    (c,) = render.render_deployment(body, CFG, build, h)["spec"]["template"]["spec"]["containers"]
+    assert env_of(c)["ORPHEUS_LOAD_AWARE_READINESS"] == "1"
+    probe = c["readinessProbe"]
+    assert probe["httpGet"]["path"] == "/readyz"
+    # A full pod leaves the endpoints at the first "full" answer, at most 2 s after it filled.
+    assert (probe["periodSeconds"], probe["failureThreshold"], probe["successThreshold"]) == (2, 1, 1)
+
+
 def test_user_env_overrides_by_name() -> None:
     body = make_body({"runtime": {"env": [{"name": "PORT", "value": "9"}, {"name": "EXTRA", "value": "x"}]}})
     build, h = build_of(body)

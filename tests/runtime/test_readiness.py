@@ -51,3 +51,13 @@ def test_status_words() -> None:
     assert readiness_status(draining=False, loaded=True, failed=False, load_ready=True) == "ready"
     # Drain wins over an idle pod: a draining pod never turns ready again.
     assert readiness_status(draining=True, loaded=True, failed=False, load_ready=True) != "ready"
+
+
+def test_off_by_default_and_on_by_env() -> None:
+    """The decision in docs/deploy.md (load-aware routing): off unless asked for; the operator asks with
+    spec.runtime.loadAwareReadiness (tests/operator/test_operator_render.py)."""
+    from orpheus_tts.config import RuntimeConfig, from_env
+
+    assert RuntimeConfig().load_aware_readiness is False
+    assert from_env({}).load_aware_readiness is False
+    assert from_env({"ORPHEUS_LOAD_AWARE_READINESS": "1"}).load_aware_readiness is True

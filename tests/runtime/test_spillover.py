@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import aiohttp
 import pytest
 import websockets
+from e2e import spillover
 from test_server import FRAME_BYTES, make_fast_model_dir, speak
 from test_server_drain import free_port, wait_ready
 
@@ -148,3 +152,93 @@ def test_spill_over_by_readiness(backends, demand, clients) -> None:
     # Nothing admitted is dropped: every admitted stream got its whole answer.
     assert stats["audio"] == [4 * FRAME_BYTES] * admitted, stats
     print(f"demand {demand:.0%}: {stats}")
+
+
+# ---- the real node's scenario (tests/e2e/spillover.py) against the same servers -------------------------------------
+
+
+class RoundRobin:
+    """Traefik in miniature: new connections go round-robin over the backends it routes to, which follow /readyz
+    (polled every `period` s, like an endpoint watch) when `follow_readiness`; with none, HTTP 503 (Traefik with
+    allowEmptyServices). Without `follow_readiness` it routes to every backend: a fleet without load-aware
+    readiness, where a full pod stays ready."""
+
+    def __init__(self, backends: list[int], follow_readiness: bool, period: float = 0.3) -> None:
+        self.backends, self.follow, self.period = backends, follow_readiness, period
+        self.routes: list[int] = list(backends)
+        self.turn = 0
+
+    def ready_backends(self) -> list[int]:
+        ready = []
+        for port in self.backends:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5):
+                    ready.append(port)  # urlopen raises HTTPError (an OSError) on 503
+        return ready
+
+    def loads(self) -> dict[str, int]:
+        out = {}
+        for port in self.backends:
+            try:
+                r = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            except urllib.error.HTTPError as e:
+                r = e  # "full" answers 503 with the same body
+            with r:
+                out[str(port)] = json.loads(r.read())["active_streams"]
+        return out
+
+    def settled(self) -> bool:
+        return not self.follow or sorted(self.routes) == sorted(self.ready_backends())
+
+    async def watch(self) -> None:
+        while self.follow:
+            self.routes = await asyncio.to_thread(self.ready_backends)
+            await asyncio.sleep(self.period)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.routes:
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            writer.close()
+            return
+        self.turn = (self.turn + 1) % len(self.routes)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.routes[self.turn])
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(OSError):
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def run_scenario(ports: list[int], follow_readiness: bool) -> spillover.Ramp:
+    balancer = RoundRobin(ports, follow_readiness)
+    watcher = asyncio.create_task(balancer.watch())
+    server = await asyncio.start_server(balancer.handle, "127.0.0.1", 0)
+    gateway = spillover.Gateway("tts.local", "127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        return await spillover.run(spillover.Fleet(gateway, balancer.loads, balancer.settled), STREAMS_PER_REPLICA)
+    finally:
+        watcher.cancel()
+        server.close()
+
+
+def test_the_real_nodes_scenario_against_server_processes(backends) -> None:
+    """tests/e2e/spillover.py, the scenario the real node runs, here with a round-robin gateway that follows
+    readiness: the checks it makes there pass here."""
+    ramp = asyncio.run(run_scenario(backends, follow_readiness=True))
+    print(ramp.summary())
+    assert spillover.problems(ramp) == [], ramp.summary()
+
+
+def test_the_scenario_catches_a_fleet_without_load_aware_readiness(backends) -> None:
+    """The same scenario where full pods stay ready: round robin sends new clients to the full pod, and they are
+    refused (1013) although the fleet has room, which the 90% check reports."""
+    ramp = asyncio.run(run_scenario(backends, follow_readiness=False))
+    print(ramp.summary())
+    refused = [c.attempts for c in ramp.wave("90%") if c.attempts]
+    assert refused and all(a == "1013 busy" for attempts in refused for a in attempts), ramp.summary()
+    assert any(p.startswith("90%: clients refused") for p in spillover.problems(ramp))

@@ -9,6 +9,10 @@ limit, then refused with 1013 / 503 + Retry-After. Liveness (/healthz) never dep
 
 Defaults: high = the stream limit (the pod is full), low = high - max(1, 10% of it). Drain and loading are
 always not ready.
+
+The policy is off unless asked for (ORPHEUS_LOAD_AWARE_READINESS; the operator's spec.runtime.loadAwareReadiness):
+a full pod would count as unhealthy to PodDisruptionBudgets, rollouts and alerts (docs/deploy.md, load-aware
+routing, says why and when to turn it on).
 """
 
 from __future__ import annotations
