@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from orpheus_tts.speech.snac_decoder import SAMPLES_PER_FRAME
+from orpheus_tts.audio import SAMPLES_PER_FRAME
 
 TOKENS = 28  # min_tokens == max_tokens: exactly TOKENS // 7 frames, so the answer's length is known
 REQUEST = json.dumps({"text": "Spill over.", "voice": "tara", "max_tokens": TOKENS, "min_tokens": TOKENS})

@@ -18,6 +18,7 @@ from orpheus_tts.audio import SAMPLE_RATE
 from orpheus_tts.protocol import BEARER_SUBPROTOCOL_PREFIX, END_OF_UTTERANCE, SUBPROTOCOL, WS_PATH, Problem, load_json
 from orpheus_tts.serve.metrics import CONTENT_TYPE
 from orpheus_tts.serve.openai_compat import FORMATS, StreamEncoder, parse_speech_body, resolve_voice
+from orpheus_tts.serve.readiness import readiness_status
 from orpheus_tts.serve.state import STATE, ServerState
 from orpheus_tts.speech.synthesizer import SynthesisError, sampling_params
 from orpheus_tts.speech.wav import wav_header
@@ -130,18 +131,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if state.draining:
-        status = "draining"
-    elif state.load_error:
-        status = "failed"
-    elif not state.ready:
-        status = "loading"
-    elif state.cfg.load_aware_readiness and not state.load.ready:  # issue #12: full -> new connections elsewhere
-        return web.json_response({"status": "full", "active_streams": state.active,
-                                  "stream_limit": state.cfg.stream_limit}, status=503)  # fmt: skip
-    else:
-        return web.json_response({"status": "ready", "active_streams": state.active,
-                                  "stream_limit": state.cfg.stream_limit})  # fmt: skip
+    load_ready = not state.cfg.load_aware_readiness or state.load.ready  # issue #12: full -> new connections elsewhere
+    status = readiness_status(draining=state.draining, loaded=state.ready, failed=bool(state.load_error),
+                              load_ready=load_ready)  # fmt: skip
+    if status in ("ready", "full"):
+        body = {"status": status, "active_streams": state.active, "stream_limit": state.cfg.stream_limit}
+        return web.json_response(body, status=200 if status == "ready" else 503)
     return web.json_response({"status": status}, status=503)
 
 
