@@ -9,7 +9,8 @@ echo "==> ruff"
 ruff check .
 ruff format --check .
 echo "==> mypy (runtime and operator packages; [tool.mypy] in pyproject.toml)"
-mypy
+# The cache outlives the checkout (CI clones afresh): mypy re-checks only files whose content changed.
+mypy --cache-dir "${ORPHEUS_CACHE:-$HOME/.cache/orpheus-tts}/mypy"
 echo "==> building the test control plane (cached after the first run)"
 bash tests/k8s/build.sh
 echo "==> building the e2e node: kubelet, containerd, CoreDNS, Traefik, ... (cached after the first run)"
