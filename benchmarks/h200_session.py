@@ -32,7 +32,6 @@ import subprocess
 import sys
 import time
 import traceback
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -200,7 +199,7 @@ class Session:
         server = ramp.start_server(a.model_dir, port, a.capacity, env, str(log_path))
         try:
             t0 = time.monotonic()
-            wait_ready(port, server, timeout_s=min(a.startup_timeout_s, self.budget.left() - STOP_MARGIN_S))
+            ramp.wait_ready(port, server, min(a.startup_timeout_s, self.budget.left() - STOP_MARGIN_S), poll_s=0.5)
             part["startup_s"] = time.monotonic() - t0
             ramp.measure_level(port, 1, 70, 0.0, timeout_s=60)  # warm-up: first-call costs out of the numbers
             for n in levels:
@@ -281,20 +280,6 @@ def run_logged(cmd: list[str], log_path: pathlib.Path, timeout_s: float) -> dict
             rc = "timeout"
     trim(log_path, 256 * 1024)
     return {"rc": rc, "seconds": time.monotonic() - t0}
-
-
-def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"server not ready in {timeout_s:.0f} s")
 
 
 def trim(path: pathlib.Path, keep: int) -> None:

@@ -103,18 +103,20 @@ def rule_verdict(rows: list[dict], rule=passes) -> int:
     return verdict
 
 
-def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float) -> None:
+def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float, poll_s: float = 1.0) -> None:
+    """Until /readyz answers 200; RuntimeError if the server exits first, TimeoutError after `timeout_s`
+    (exceptions, not SystemExit, so that h200_session.py records a failed server and goes on)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode} before it was ready")
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
         try:
             if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
                 return
         except OSError:
             pass
-        time.sleep(1)
-    raise SystemExit("server not ready in time")
+        time.sleep(poll_s)
+    raise TimeoutError(f"server not ready in {timeout_s:.0f} s")
 
 
 def write_model(model_dir: str, shape: str = "orpheus-3b") -> float:
@@ -210,7 +212,10 @@ def main() -> None:
     results = []
     try:
         t0 = time.monotonic()
-        wait_ready(args.port, server, timeout_s=600)
+        try:
+            wait_ready(args.port, server, timeout_s=600)
+        except (RuntimeError, TimeoutError) as e:
+            raise SystemExit(str(e)) from None
         print(f"server ready in {time.monotonic() - t0:.0f} s", flush=True)
         warm_up(args.port)
         for n in levels:

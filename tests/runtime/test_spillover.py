@@ -57,6 +57,21 @@ def backends(fast_model_dir, tmp_path_factory):
             proc.wait()
 
 
+async def splice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
+    """Carries one client connection to a backend on `port`, bytes both ways, until either side closes."""
+    up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        with contextlib.suppress(OSError):
+            dst.close()
+
+    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
 class Balancer:
     """kube-proxy in miniature: random ready backend per connection, readiness polled every `period` seconds."""
 
@@ -82,17 +97,7 @@ class Balancer:
             self.rejected += 1
             writer.close()  # no ready endpoint: the connection is refused
             return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", random.choice(self.ready))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            with contextlib.suppress(OSError):
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await splice(reader, writer, random.choice(self.ready))
 
 
 async def client(url: str, release: asyncio.Event, stats: dict) -> str:
@@ -201,17 +206,7 @@ class RoundRobin:
             writer.close()
             return
         self.turn = (self.turn + 1) % len(self.routes)
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.routes[self.turn])
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            with contextlib.suppress(OSError):
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await splice(reader, writer, self.routes[self.turn])
 
 
 async def run_scenario(ports: list[int], follow_readiness: bool) -> spillover.Ramp:
