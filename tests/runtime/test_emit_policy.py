@@ -22,7 +22,7 @@ def test_first_audio_goes_out_with_the_first_frame(policy):
 
 
 def test_frames_policy_is_the_shipped_one():
-    # The values synthesizer.min_emit had before the policy moved here (tests/runtime/test_synthesizer.py).
+    # The values the synthesizer's emit rule had before the policy moved here and "paced" became the default.
     assert plan_emit(0.0).min_emit == plan_emit(-0.3).min_emit == PLAYING_MIN_EMIT == 2
     assert plan_emit(1.5 * FRAME_S).min_emit == plan_emit(2.0 * FRAME_S).min_emit == 2
     assert plan_emit(3.99 * FRAME_S).min_emit == 3

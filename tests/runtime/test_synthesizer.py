@@ -15,14 +15,7 @@ from orpheus_tts.model.model_spec import load_model_spec
 from orpheus_tts.speech.audio_codes import frame_to_ids, frames_from_ids
 from orpheus_tts.speech.snac_batcher import SnacBatcher
 from orpheus_tts.speech.snac_decoder import SnacModel, disable_noise, to_pcm16
-from orpheus_tts.speech.synthesizer import (
-    FRAMES_PER_S,
-    PLAYING_MIN_EMIT,
-    SynthesisError,
-    Synthesizer,
-    min_emit,
-    sampling_params,
-)
+from orpheus_tts.speech.synthesizer import SynthesisError, Synthesizer, sampling_params
 from orpheus_tts.speech.windows import MAX_EMIT
 
 TEXT = "Hello world. How are you doing today? She sells sea shells by the sea shore."
@@ -128,16 +121,6 @@ async def test_windows_grow_once_the_listener_is_ahead(make_synth):
     assert sizes[0] == 1  # first audio as early as possible
     # Frame by frame would be ~39 windows; windows grow with the buffer, up to MAX_EMIT frames.
     assert sizes.count(MAX_EMIT) >= 5 and len(sizes) <= 20
-
-
-def test_windows_wait_for_as_many_frames_as_the_buffer_covers():
-    frame_s = 1 / FRAMES_PER_S
-    assert min_emit(None) == 1  # first audio: as soon as possible
-    assert min_emit(0.0) == min_emit(-0.3) == PLAYING_MIN_EMIT == 2  # the listener is waiting already
-    assert min_emit(1.5 * frame_s) == 2
-    assert min_emit(2.0 * frame_s) == 2
-    assert min_emit(3.99 * frame_s) == 3
-    assert min_emit(10.0) == MAX_EMIT
 
 
 async def test_held_back_frames_go_out_when_the_buffer_runs_low(make_synth):

@@ -22,6 +22,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from orpheus_tts.audio import FRAMES_PER_S
 from orpheus_tts.config import RuntimeConfig
 from orpheus_tts.engine.interface import Engine, EngineError, GenerationRequest, SamplingParams
 from orpheus_tts.model.model_spec import ModelSpec
@@ -30,20 +31,7 @@ from orpheus_tts.serve.metrics import Metrics
 from orpheus_tts.speech.audio_codes import FrameAssembler
 from orpheus_tts.speech.prompts import PromptError, Tokenizer, build_prompts
 from orpheus_tts.speech.snac_batcher import SnacBatcher
-from orpheus_tts.speech.windows import (  # noqa: F401  (FRAMES_PER_S, MAX_EMIT, PLAYING_MIN_EMIT: tests)
-    FRAMES_PER_S,
-    MAX_EMIT,
-    PLAYING_MIN_EMIT,
-    StreamWindows,
-    Window,
-    listener_deadline,
-    plan_emit,
-)
-
-
-def min_emit(buffered: float | None) -> int:
-    """Frames a window waits for under the default emit policy (windows.plan_emit)."""
-    return plan_emit(buffered).min_emit
+from orpheus_tts.speech.windows import StreamWindows, Window, listener_deadline, plan_emit
 
 
 def buffered_s(emitted_frames: int, first_audio_at: float | None) -> float | None:
