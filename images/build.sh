@@ -126,20 +126,72 @@ inputs_hash() {  # DOCKERFILE BASE_IMAGE_ID -> tag: the recipe, the base and eve
   ) | sha256sum | cut -c1-16
 }
 
-build_image() {  # NAME DOCKERFILE REPOSITORY BASE -> prints NAME_image= and NAME_archive=
+# Intermediate images (buildah --layers keeps one per step, for its cache) that no named image is built on: the
+# steps of earlier builds. Without this, every change to an early step would leave its layers (GBs for the torch
+# requirements) in the storage for good.
+prune_intermediates() {
+  local id name diff keep images named=()
+  layers() { bah inspect --type image --format '{{range .OCIv1.RootFS.DiffIDs}}{{.}} {{end}}' "$1"; }
+  images=$(bah images --all --noheading --format '{{.ID}} {{.Name}}')
+  while read -r id name; do
+    [ "$name" = "<none>" ] || named+=("$(layers "$id")")
+  done <<<"$images"
+  while read -r id name; do
+    [ "$name" = "<none>" ] || continue
+    # Kept when its layers begin a named image's layers: a step of a current build, which the next build reuses.
+    diff=$(layers "$id")
+    keep=0
+    for n in "${named[@]}"; do [[ $n == "$diff"* ]] && { keep=1; break; }; done
+    [ $keep = 1 ] || bah rmi "$id" >/dev/null 2>&1 || true  # in use by a working container: next time
+  done <<<"$images"
+}
+
+# A build that runs out of disk fails deep inside buildah (exit 125, "no space left on device"); say so up front.
+need_disk() {  # GB WHAT
+  local free
+  free=$(df -P -BG "$cache" | awk 'NR == 2 { print $4 + 0 }')
+  if [ "$free" -lt "$1" ]; then
+    log "only $free GB free under $cache; building $2 needs about $1 GB (its layers and its archive)"
+    exit 3
+  fi
+}
+
+build_image() {  # NAME DOCKERFILE REPOSITORY BASE DISK_GB -> prints NAME_image= and NAME_archive=
   local name=$1 dockerfile=$2 repo=$3 base=$4 tag ref archive t
   tag=$(inputs_hash "$dockerfile" "$(bah inspect --type image --format '{{.FromImageID}}' "$base")")
   ref=$repo:$tag
   archive=$cache/archives/${repo##*/}-$tag.tar
   if ! bah inspect --type image "$ref" >/dev/null 2>&1; then
     t=$SECONDS
+    need_disk "$5" "$ref"
     log "building $ref from $dockerfile"
     local secret=()
     [ -n "${PIP_CERT:-}" ] && secret=(--secret "id=pip-ca,src=$PIP_CERT")
-    bah build --layers --pull-never --runtime /usr/sbin/runc --network host \
-      "${secret[@]}" --build-arg "BASE=$base" -f "$root/$dockerfile" -t "$ref" "$root" >&2
+    local build=(bah build --layers --pull-never --runtime /usr/sbin/runc --network host "${secret[@]}"
+      --build-arg "BASE=$base" -f "$root/$dockerfile" -t "$ref" "$root") rc=0
+    "${build[@]}" >&2 || rc=$?
+    if [ $rc = 125 ]; then
+      # 125 is buildah's own failure, not a RUN step's (those exit 1): its storage, a mount, the disk. CI once hit
+      # one that the next build in the same run did not; try once more, after freeing what earlier builds left.
+      log "buildah failed (exit 125, its error is above); pruning old intermediate images and retrying once"
+      prune_intermediates
+      rc=0
+      "${build[@]}" >&2 || rc=$?
+    fi
+    if [ $rc != 0 ]; then
+      log "FAILED: buildah build of $ref from $dockerfile exited $rc (its error is above)"
+      exit $rc
+    fi
     log "built $ref in $(since "$t")"
   fi
+  # Older builds of this image go, under every name they carry (skaffold's tags too), with their archives: first,
+  # so that the new archive never has to fit beside the old one.
+  find "$cache/archives" -name "${repo##*/}-*.tar*" ! -name "${archive##*/}" -delete
+  local current
+  current=$(bah inspect --type image --format '{{.FromImageID}}' "$ref")
+  bah images --no-trunc --noheading --format '{{.ID}}' --filter "reference=$repo" | sed 's/^sha256://' | sort -u |
+    { grep -vxF "$current" || true; } |
+    while read -r old; do bah rmi --force "$old" >/dev/null; done
   if [ ! -f "$archive" ]; then
     t=$SECONDS
     # Uncompressed: gzip of the multi-GB torch layer costs minutes, and containerd would only unpack it again. A
@@ -150,11 +202,6 @@ build_image() {  # NAME DOCKERFILE REPOSITORY BASE -> prints NAME_image= and NAM
     mv "$archive.tmp" "$archive"
     log "wrote $archive ($(du -h "$archive" | cut -f1)) in $(since "$t")"
   fi
-  # Older builds of this image: their tags and archives go (shared layers stay in the storage).
-  find "$cache/archives" -name "${repo##*/}-*.tar*" ! -name "${archive##*/}" -delete
-  bah images --noheading --format '{{.Name}}:{{.Tag}}' --filter "reference=$repo" |
-    { grep -vxF "$ref" || true; } |
-    while read -r old; do bah rmi "$old" >/dev/null; done
   if [ $skaffold = 1 ]; then
     bah tag "$ref" "$IMAGE"
   fi
@@ -181,9 +228,10 @@ start=$SECONDS
 base=$(base_image)
 for name in "${names[@]}"; do
   case $name in
-    operator) build_image operator images/operator.Dockerfile localhost/orpheus-tts-operator "$base" ;;
-    torch) build_image torch images/runtime-torch.Dockerfile localhost/orpheus-tts-torch "$base" ;;
+    operator) build_image operator images/operator.Dockerfile localhost/orpheus-tts-operator "$base" 2 ;;
+    torch) build_image torch images/runtime-torch.Dockerfile localhost/orpheus-tts-torch "$base" 7 ;;
     *) echo "unknown image: $name (operator, torch)" >&2; exit 2 ;;
   esac
 done
+prune_intermediates
 log "done in $(since "$start")"

@@ -9,6 +9,14 @@ import pytest
 from k8s.control_plane import ControlPlane, build_binaries
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from container_images.oci import BUILD_FAILURES
+
+    for failure in BUILD_FAILURES:
+        terminalreporter.section("images/build.sh failed", sep="-", red=True)
+        terminalreporter.write_line(failure)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Anything that uses the control plane is a k8s test, marked or not, so `-m "not k8s"` deselects it.
     for item in items:

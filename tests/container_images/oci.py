@@ -13,6 +13,7 @@ import json
 import os
 import resource
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,10 +25,22 @@ BUILD = ROOT / "images" / "build.sh"
 UID = GID = 10001
 
 
+# The end of each failed build's log. A session fixture's error is repeated for every test that uses it, and its
+# captured log lands in the middle of a long report; tests/conftest.py prints these last, next to the summary.
+BUILD_FAILURES: list[str] = []
+
+
 def build_images(*names: str) -> dict[str, str]:
     """images/build.sh NAMES -> its `key=value` lines (operator_image, operator_archive, torch_image, ...)."""
-    out = subprocess.run(["bash", str(BUILD), *names], check=True, stdout=subprocess.PIPE, text=True).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    proc = subprocess.run(["bash", str(BUILD), *names], capture_output=True, text=True, timeout=3600, check=False)
+    sys.stderr.write(proc.stderr)  # the whole log, in the test's captured output
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.splitlines()[-40:])
+        BUILD_FAILURES.append(
+            f"images/build.sh {' '.join(names)} exited {proc.returncode}; the end of its log:\n{tail}"
+        )
+        raise RuntimeError(f"images/build.sh exited {proc.returncode} (the end of its log follows the errors)")
+    return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
 
 
 def buildah(*args: str) -> str:
