@@ -23,4 +23,6 @@ podman_pid=$!
 trap 'kill $podman_pid 2>/dev/null; wait $podman_pid 2>/dev/null; rm -rf "$(dirname "$api")"' EXIT
 for _ in $(seq 150); do [ -S "$api" ] && break; sleep 0.2; done
 export DOCKER_HOST=unix://$api
-"$skaffold" dev -p cpu --config scripts/skaffold-global-config.yaml --port-forward=user --cache-artifacts=false "$@"
+# --no-prune: on exit skaffold would delete the images it built from build.sh's storage, and the layer cache with them.
+"$skaffold" dev -p cpu --config scripts/skaffold-global-config.yaml --port-forward=user --cache-artifacts=false \
+  --no-prune "$@"

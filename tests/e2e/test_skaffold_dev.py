@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from container_images.oci import buildah
 from k8s.control_plane import run_helm
 
 from e2e.cluster import REPO, Cluster
@@ -124,6 +125,10 @@ def skaffold_dev(cluster: Cluster, checkout_copy: Path, tmp_path: Path) -> Itera
                 "--config", str(REPO / "scripts/skaffold-global-config.yaml"),
                 "--port-forward=off", "--trigger=polling", "--watch-poll-interval=500", "--cleanup=true",
                 "--cache-artifacts=false",  # images/build.sh caches by input hash; no Docker to look images up in
+                # skaffold dev removes the images it built when it exits, through the Docker API, that is from
+                # images/build.sh's own storage (podman serves it): with them went every cached layer, and the
+                # next run rebuilt the torch image from nothing.
+                "--no-prune",
             ],
             cwd=checkout_copy, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
@@ -175,3 +180,10 @@ def test_skaffold_dev_builds_deploys_and_syncs_a_source_change(
     assert "Syncing 1 files for" in text, tail(log)
     # Synced, not rebuilt: the same pod still serves.
     assert pod["metadata"]["name"] in {p["metadata"]["name"] for p in server_pods(cluster)}
+
+    # Ctrl-C: skaffold uninstalls and exits, and the image it built stays in images/build.sh's storage (its layers
+    # are the next build's cache).
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=300)
+    names = buildah("images", "--noheading", "--format", "{{.Name}}:{{.Tag}}").split()
+    assert any(name.startswith("localhost/orpheus-tts-torch:") for name in names), (names, tail(log))
