@@ -2,15 +2,9 @@ import asyncio
 import json
 
 import pytest
-from test_server import make_fast_model_dir, running_server, server_cfg, ws_url
+from test_server import running_server, server_cfg, ws_url
 
 from orpheus_tts.tools.bench import main, playback, run_bench
-
-
-@pytest.fixture(scope="module")
-def fast_model_dir(tiny_model_dir, tmp_path_factory):
-    return make_fast_model_dir(tiny_model_dir, tmp_path_factory.mktemp("fast") / "model")
-
 
 SECOND = 48000  # bytes of one second of audio
 

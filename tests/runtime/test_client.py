@@ -2,15 +2,10 @@ import asyncio
 import socket
 
 import pytest
-from test_server import FRAME_BYTES, make_fast_model_dir, running_server, server_cfg, ws_url
+from test_server import FRAME_BYTES, running_server, server_cfg, ws_url
 
 from orpheus_tts.speech.wav import read_wav_info, wav_header, write_wav
 from orpheus_tts.tools.client import TtsError, say_main, synthesize, warmup_main
-
-
-@pytest.fixture(scope="module")
-def fast_model_dir(tiny_model_dir, tmp_path_factory):
-    return make_fast_model_dir(tiny_model_dir, tmp_path_factory.mktemp("fast") / "model")
 
 
 def test_wav_round_trip(tmp_path):

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from test_server import (
     FRAME_BYTES,
     assert_clean,
-    make_fast_model_dir,
     running_server,
     server_cfg,
     speak,
@@ -38,11 +37,6 @@ from orpheus_tts.speech.wav import read_wav_info
 from orpheus_tts.tools.client import say_main
 
 DEEP = "[" * 60_000  # deeper than any recursion limit, smaller than the 64 KiB message limit
-
-
-@pytest.fixture(scope="module")
-def fast_model_dir(tiny_model_dir, tmp_path_factory):
-    return make_fast_model_dir(tiny_model_dir, tmp_path_factory.mktemp("fast") / "model")
 
 
 def ws_connect(url: str, **kwargs):

@@ -9,17 +9,12 @@ import logging
 import aiohttp
 import pytest
 import websockets
-from test_server import FRAME_BYTES, make_fast_model_dir, read_answer, running_server, server_cfg, speak, ws_url
+from test_server import FRAME_BYTES, read_answer, running_server, server_cfg, speak, ws_url
 
 from orpheus_tts.config import from_env
 from orpheus_tts.protocol import BEARER_SUBPROTOCOL_PREFIX, SUBPROTOCOL, key_from_subprotocols, offered_subprotocols
 
 KEY = "pl4yground-k3y/with+odd=chars"
-
-
-@pytest.fixture(scope="module")
-def fast_model_dir(tiny_model_dir, tmp_path_factory):
-    return make_fast_model_dir(tiny_model_dir, tmp_path_factory.mktemp("fast") / "model")
 
 
 def bearer(key: str) -> str:

@@ -15,7 +15,7 @@ import wave
 import aiohttp
 import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright
-from test_server import SAMPLES_PER_FRAME, make_fast_model_dir
+from test_server import SAMPLES_PER_FRAME
 from test_server_drain import free_port, wait_ready
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (scripts/system-packages.txt); never a downloaded browser
@@ -25,11 +25,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--autoplay-policy=no-user-gesture-required"]  # fmt: skip
 KEY = "browser-s3cret-key"
 TOKENS = 168  # per utterance of one sentence: 24 frames of 2048 samples
-
-
-@pytest.fixture(scope="module")
-def fast_model_dir(tiny_model_dir, tmp_path_factory):
-    return make_fast_model_dir(tiny_model_dir, tmp_path_factory.mktemp("fast") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import pytest
-from test_server import assert_clean, make_fast_model_dir, running_server, server_cfg, ws_url
+from test_server import assert_clean, running_server, server_cfg, ws_url
 
 from orpheus_tts.serve.state import STATE
 
@@ -15,11 +14,6 @@ from orpheus_tts.serve.state import STATE
 async def readyz(s: aiohttp.ClientSession, server) -> tuple[int, dict]:
     async with s.get(server.make_url("/readyz")) as r:
         return r.status, await r.json()
-
-
-@pytest.fixture(scope="module")
-def fast_model_dir(tiny_model_dir, tmp_path_factory):
-    return make_fast_model_dir(tiny_model_dir, tmp_path_factory.mktemp("fast") / "model")
 
 
 async def admitted(server, n: int) -> None:

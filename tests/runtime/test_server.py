@@ -12,7 +12,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import socket
 import struct
 import wave
@@ -35,26 +34,6 @@ from orpheus_tts.speech.snac_decoder import SnacModel, disable_noise, to_pcm16
 
 END = b"__END__"
 FRAME_BYTES = BYTES_PER_FRAME
-
-
-def make_fast_model_dir(tiny: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
-    """The tiny model with a narrow SNAC decoder (decoder_dim 64, same rates and frame layout): the real
-    width costs ~0.2 s per window on a shared CPU core, too slow for tests with many streams."""
-    from snac import SNAC
-
-    from orpheus_tts.model.tiny_model import SNAC_24KHZ_CONFIG
-
-    shutil.copytree(tiny, out)
-    config = {**SNAC_24KHZ_CONFIG, "decoder_dim": 64}
-    torch.manual_seed(0)
-    (out / "snac" / "config.json").write_text(json.dumps(config))
-    torch.save(SNAC(**config).state_dict(), out / "snac" / "pytorch_model.bin")
-    return out
-
-
-@pytest.fixture(scope="session")
-def fast_model_dir(tiny_model_dir, tmp_path_factory) -> pathlib.Path:
-    return make_fast_model_dir(tiny_model_dir, tmp_path_factory.mktemp("fast") / "model")
 
 
 def server_cfg(model_dir: pathlib.Path, **overrides) -> RuntimeConfig:

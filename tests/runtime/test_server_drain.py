@@ -12,14 +12,9 @@ import time
 
 import aiohttp
 import pytest
-from test_server import FRAME_BYTES, make_fast_model_dir, read_answer, speak
+from test_server import FRAME_BYTES, read_answer, speak
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
-
-
-@pytest.fixture(scope="module")
-def fast_model_dir(tiny_model_dir, tmp_path_factory):
-    return make_fast_model_dir(tiny_model_dir, tmp_path_factory.mktemp("fast") / "model")
 
 
 def free_port() -> int:

@@ -11,18 +11,12 @@ import asyncio
 import json
 
 import aiohttp
-import pytest
-from test_server import FRAME_BYTES, make_fast_model_dir
+from test_server import FRAME_BYTES
 from test_server_drain import serve_process, wait_ready
 
 ROUNDS = 5
 STREAMS = 16
 MAX_GROWTH_MB = 150
-
-
-@pytest.fixture(scope="module")
-def fast_model_dir(tiny_model_dir, tmp_path_factory):
-    return make_fast_model_dir(tiny_model_dir, tmp_path_factory.mktemp("fast") / "model")
 
 
 def rss_mb(pid: int) -> float:

@@ -22,17 +22,12 @@ import aiohttp
 import pytest
 import websockets
 from e2e import spillover
-from test_server import FRAME_BYTES, make_fast_model_dir, speak
+from test_server import FRAME_BYTES, speak
 from test_server_drain import free_port, wait_ready
 
 REPLICAS = 3
 STREAMS_PER_REPLICA = 6  # capacity 18: 90% = 16 clients, 120% = 22 (4 too many)
 RETRY_ATTEMPTS = 12
-
-
-@pytest.fixture(scope="module")
-def fast_model_dir(tiny_model_dir, tmp_path_factory):
-    return make_fast_model_dir(tiny_model_dir, tmp_path_factory.mktemp("fast") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import urllib.request
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from test_server import END, fast_model_dir, server_cfg, speak, ws_url  # noqa: F401 -- fixture shared
+from test_server import END, server_cfg, speak, ws_url
 from trtllm_double.install import installed
 
 from orpheus_tts.build import manifest as mf
@@ -48,7 +48,7 @@ def trtllm(monkeypatch):
         yield api
 
 
-async def test_probes_during_a_slow_engine_load_then_audio(trtllm, fast_model_dir, tmp_path):  # noqa: F811
+async def test_probes_during_a_slow_engine_load_then_audio(trtllm, fast_model_dir, tmp_path):
     root = _trt_engine_dir(tmp_path / "engine", fast_model_dir)
     trtllm.LLM.init_seconds = 3.0  # a real engine load takes tens of seconds
     frame = [A + block * 4096 + 5 for block in range(7)]
