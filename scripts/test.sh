@@ -16,9 +16,10 @@ echo "==> building the test control plane (cached after the first run)"
 bash tests/k8s/build.sh
 echo "==> building the e2e node: kubelet, containerd, CoreDNS, Traefik, ... (cached after the first run)"
 bash tests/k8s/build-node.sh
+pytest=(python -m pytest -q -ra --durations=15)
 if [ $# -gt 0 ] || [ "$(id -u)" != 0 ]; then
   echo "==> pytest"
-  exec python -m pytest -q -ra --durations=15 "$@"
+  exec "${pytest[@]}" "$@"
 fi
 
 # Every test, in two pytest runs at once: the end-to-end suite (one real cluster, mostly waiting on the kubelet and
@@ -27,13 +28,13 @@ fi
 # takes a lock; the second finds the images cached) and the machine's cores.
 e2e_log=$(mktemp /tmp/orpheus-e2e-XXXXXX.log)
 echo "==> pytest: the end-to-end suite in the background (its report follows the rest's; log: $e2e_log)"
-python -m pytest -q -ra --durations=15 -p no:cacheprovider -m e2e tests/e2e >"$e2e_log" 2>&1 &
+"${pytest[@]}" -p no:cacheprovider -m e2e tests/e2e >"$e2e_log" 2>&1 &
 e2e=$!
 # Interrupted: let the e2e run tear its cluster down (its fixture does, on SIGINT) before this script goes.
 trap 'kill -INT $e2e 2>/dev/null; wait $e2e; exit 130' INT TERM
 echo "==> pytest: everything else"
 rc=0
-python -m pytest -q -ra --durations=15 -m "not e2e" || rc=$?
+"${pytest[@]}" -m "not e2e" || rc=$?
 e2e_rc=0
 wait $e2e || e2e_rc=$?
 trap - INT TERM
